@@ -1,0 +1,5 @@
+"""Decoder models (Llama / Qwen2 family), KV cache, checkpoint import and export."""
+from r1jax.models.config import ModelConfig, RopeScaling, tiny_config
+from r1jax.models.decoder import (KVCache, attention_mask, decode_step, forward, init_params,
+                                  lm_head_weight, logits, param_logical_axes, param_shapes,
+                                  prefill)

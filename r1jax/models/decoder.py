@@ -1,0 +1,354 @@
+"""Pure-functional Flax decoder for the Llama and Qwen2 families.
+
+One `ModelConfig` covers both: RMSNorm, rotary position embeddings (with optional
+Llama-3 frequency scaling), grouped-query attention, SwiGLU MLP, optional q/k/v bias
+(Qwen2) and a tied or separate LM head. The layer stack is an `nn.scan` over stacked
+params, so compile time does not grow with depth.
+
+Params are a plain nested dict (no Flax boxes); `param_logical_axes(cfg)` returns the
+same tree with a tuple of logical axis names per leaf, which `r1jax.sharding` maps to
+mesh axes. The model returns *final hidden states* (after the last RMSNorm); the LM head
+is applied separately by `logits()` (sampler) or by the fused log-prob kernel (losses),
+so training never materialises [batch, seq, vocab] logits.
+
+Shapes: B batch, T query length, S key length, D hidden, H query heads, K kv heads,
+R = H // K, Dh head dim, F MLP width, V vocab, L layers, P prompt length,
+G samples per prompt, N completion-cache length.
+
+Reference: Touvron et al. 2023 (Llama), Qwen2 technical report 2024; numerics follow
+`transformers`' LlamaModel / Qwen2Model (float32 RMSNorm, rotate-half RoPE).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models.config import ModelConfig
+
+Params = dict[str, Any]
+
+_NEG_INF = -0.7 * float(np.finfo(np.float32).max)
+
+
+# --------------------------------------------------------------------------- RoPE
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies [Dh/2] float32, with Llama-3 scaling when configured."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+  rs = cfg.rope_scaling
+  if rs is not None:
+    low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+    wavelen = 2 * np.pi / inv_freq
+    smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+        rs.high_freq_factor - rs.low_freq_factor)
+    scaled = np.where(wavelen > low_wavelen, inv_freq / rs.factor, inv_freq)
+    mid = (1 - smooth) * scaled / rs.factor + smooth * scaled
+    is_mid = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(is_mid, mid, scaled)
+  return inv_freq.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """Rotate-half RoPE. x: [..., T, heads, Dh]; positions: [..., T] int32."""
+  freqs = positions.astype(jnp.float32)[..., None] * inv_freq  # [..., T, Dh/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[..., None, :]  # [..., T, 1, Dh]
+  cos, sin = jnp.cos(emb), jnp.sin(emb)
+  x32 = x.astype(jnp.float32)
+  x1, x2 = jnp.split(x32, 2, axis=-1)
+  rotated = jnp.concatenate([-x2, x1], axis=-1)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
+
+
+# --------------------------------------------------------------------------- layers
+def _init(axes, std=0.02):
+  return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
+
+
+class RMSNorm(nn.Module):
+  """RMSNorm computed in float32, scaled in the compute dtype (as transformers does)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                       (x.shape[-1],), self.cfg.jnp_param_dtype)
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * jax.lax.rsqrt(var + self.cfg.rms_norm_eps)).astype(self.cfg.jnp_dtype)
+    return y * scale.astype(self.cfg.jnp_dtype)
+
+
+def _dense(cfg, features, axis, kernel_axes, bias_axes=None, name=None):
+  return nn.DenseGeneral(
+      features=features, axis=axis, use_bias=bias_axes is not None, dtype=cfg.jnp_dtype,
+      param_dtype=cfg.jnp_param_dtype, kernel_init=_init(kernel_axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, bias_axes or ()), name=name)
+
+
+class DecodeInputs(NamedTuple):
+  """Per-step attention context for the cached decode path (see `decode_step`)."""
+  prompt_mask: jax.Array  # [B, P] bool, True at real prompt tokens
+  step: jax.Array  # int32 scalar: number of completion tokens already in the cache
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE.
+
+  Two modes: full-sequence (training / prefill: `mask` is [B, 1, T, S] bool) and
+  cached decode (`decode` is a DecodeInputs and `cache` holds this layer's
+  prompt and completion keys/values). Both return (output, (k, v)) where k, v are the
+  keys/values of the *input* tokens, so callers can write them into a cache.
+  """
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask=None, decode: Optional[DecodeInputs] = None, cache=None):
+    cfg = self.cfg
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    bias = ("q_heads", "head_dim") if cfg.attention_bias else None
+    kv_bias = ("kv_heads", "head_dim") if cfg.attention_bias else None
+    q = _dense(cfg, (H, Dh), -1, ("embed", "q_heads", "head_dim"), bias, "q_proj")(x)
+    k = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "k_proj")(x)
+    v = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")(x)
+    inv_freq = rope_inv_freq(cfg)
+    q = apply_rope(q, positions, inv_freq)
+    k = apply_rope(k, positions, inv_freq)
+    scale = Dh ** -0.5
+    R = H // K
+    f32 = jnp.float32
+
+    if decode is None:
+      # x: [B, T, D]; q: [B, T, H, Dh]; k, v: [B, S=T, K, Dh]
+      B, T = q.shape[:2]
+      qg = q.reshape(B, T, K, R, Dh)
+      s = jnp.einsum("btkrd,bskd->bkrts", qg, k, preferred_element_type=f32) * scale
+      s = jnp.where(mask[:, :, None], s, _NEG_INF)  # mask [B,1,T,S] -> [B,1,1,T,S]
+      p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+      o = jnp.einsum("bkrts,bskd->btkrd", p, v, preferred_element_type=f32)
+      o = o.reshape(B, T, H, Dh).astype(cfg.jnp_dtype)
+    else:
+      # x: [B, G, D] (one new token per sample); q: [B, G, H, Dh]; k, v: [B, G, K, Dh]
+      # cache: prompt_k/v [B, P, K, Dh] shared by the G samples of a prompt,
+      #        gen_k/v [B, G, N, K, Dh] per sample (slots >= step are not yet written).
+      B, G = q.shape[:2]
+      qg = q.reshape(B, G, K, R, Dh)
+      s_p = jnp.einsum("bgkrd,bpkd->bgkrp", qg, cache["prompt_k"], preferred_element_type=f32)
+      s_g = jnp.einsum("bgkrd,bgnkd->bgkrn", qg, cache["gen_k"], preferred_element_type=f32)
+      s_s = jnp.einsum("bgkrd,bgkd->bgkr", qg, k, preferred_element_type=f32)[..., None]
+      N = s_g.shape[-1]
+      s_p = jnp.where(decode.prompt_mask[:, None, None, None, :], s_p, _NEG_INF)
+      s_g = jnp.where(jnp.arange(N) < decode.step, s_g, _NEG_INF)
+      s = jnp.concatenate([s_p, s_g, s_s], axis=-1) * scale
+      p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+      P = s_p.shape[-1]
+      p_p, p_g, p_s = p[..., :P], p[..., P:P + N], p[..., P + N]
+      o = (jnp.einsum("bgkrp,bpkd->bgkrd", p_p, cache["prompt_v"], preferred_element_type=f32)
+           + jnp.einsum("bgkrn,bgnkd->bgkrd", p_g, cache["gen_v"], preferred_element_type=f32)
+           + p_s[..., None].astype(f32) * v[:, :, :, None, :].astype(f32))
+      o = o.reshape(B, G, H, Dh).astype(cfg.jnp_dtype)
+
+    out = _dense(cfg, cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), None,
+                 "o_proj")(o)
+    return out, (k, v)
+
+
+class MLP(nn.Module):
+  """SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.cfg
+    g = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), None, "gate_proj")(x)
+    u = _dense(cfg, cfg.intermediate_size, -1, ("embed", "mlp"), None, "up_proj")(x)
+    return _dense(cfg, cfg.hidden_size, -1, ("mlp", "embed"), None, "down_proj")(nn.silu(g) * u)
+
+
+class Block(nn.Module):
+  """Pre-norm decoder block; scanned over layers (carry = hidden states)."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x, positions, mask, decode, cache):
+    h, kv = Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x), positions,
+                                            mask, decode, cache)
+    x = x + h
+    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+    return x, kv
+
+
+class Decoder(nn.Module):
+  """Token embedding -> L blocks (nn.scan) -> final RMSNorm. Returns hidden states."""
+  cfg: ModelConfig
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, tokens, positions, mask=None, decode=None, cache=None):
+    cfg = self.cfg
+    embedding = self.param("embedding", _init(("vocab", "embed")),
+                           (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
+    x = jnp.take(embedding, tokens, axis=0).astype(cfg.jnp_dtype)
+    block = Block
+    if self.remat:
+      block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
+    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                    in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), out_axes=0,
+                    length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
+    x, kv = stack(cfg, name="layers")(x, positions, mask, decode, cache)
+    x = RMSNorm(cfg, name="final_norm")(x)
+    if not cfg.tie_word_embeddings:
+      # Created here so init() builds it; applied by `logits()`.
+      self.param("lm_head", _init(("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size),
+                 cfg.jnp_param_dtype)
+    return x, kv
+
+
+# --------------------------------------------------------------------------- functional API
+def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
+  """Random params (normal std 0.02, norms = 1) as a plain nested dict of arrays."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  variables = Decoder(cfg).init(key, tokens, tokens, jnp.ones((1, 1, 1, 1), bool))
+  return nn.meta.unbox(variables["params"])
+
+
+def param_logical_axes(cfg: ModelConfig) -> Params:
+  """Tree like the params whose leaves are tuples of logical axis names.
+
+  Axis names: vocab, embed, q_heads, kv_heads, head_dim, mlp, norm, layers.
+  """
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda: Decoder(cfg).init(jax.random.key(0), tokens, tokens, jnp.ones((1, 1, 1, 1), bool)))
+  return jax.tree.map(lambda b: tuple(b.names), abstract["params"],
+                      is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+
+
+def param_shapes(cfg: ModelConfig) -> Params:
+  """Tree of jax.ShapeDtypeStruct of the params (no allocation)."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  abstract = jax.eval_shape(
+      lambda: Decoder(cfg).init(jax.random.key(0), tokens, tokens, jnp.ones((1, 1, 1, 1), bool)))
+  return nn.meta.unbox(abstract["params"])
+
+
+def attention_mask(segment_ids: jax.Array) -> jax.Array:
+  """Causal, same-segment attention mask [B, 1, T, T] bool from segment ids [B, T].
+
+  Segment id 0 marks padding (attends nowhere, is attended by nobody); positive ids
+  separate packed sequences.
+  """
+  T = segment_ids.shape[-1]
+  causal = jnp.tril(jnp.ones((T, T), bool))
+  same = segment_ids[:, :, None] == segment_ids[:, None, :]
+  valid = (segment_ids != 0)[:, None, :]
+  return (causal[None] & same & valid)[:, None]
+
+
+def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
+            positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
+            *, remat: bool = False, return_kv: bool = False):
+  """Training / prefill forward pass.
+
+  Args:
+    params: the param tree.
+    cfg: model config.
+    tokens: [B, T] int32 token ids.
+    positions: [B, T] int32 RoPE positions (default: 0..T-1 within each row).
+    segment_ids: [B, T] int32; 0 = padding, >0 = sequence id (default: all ones).
+    remat: recompute each block in the backward pass (saves activation memory).
+    return_kv: also return the per-layer keys/values ([L, B, T, K, Dh] each).
+
+  Returns:
+    hidden: [B, T, D] final hidden states in cfg.dtype (after the last RMSNorm);
+    with return_kv, (hidden, (k, v)).
+  """
+  B, T = tokens.shape
+  if positions is None:
+    positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+  if segment_ids is None:
+    segment_ids = jnp.ones((B, T), jnp.int32)
+  hidden, kv = Decoder(cfg, remat=remat).apply({"params": params}, tokens, positions,
+                                               attention_mask(segment_ids))
+  return (hidden, kv) if return_kv else hidden
+
+
+def lm_head_weight(params: Params, cfg: ModelConfig) -> jax.Array:
+  """LM head matrix [D, V] (the transposed embedding when tied)."""
+  return params["embedding"].T if cfg.tie_word_embeddings else params["lm_head"]
+
+
+def logits(params: Params, cfg: ModelConfig, hidden: jax.Array) -> jax.Array:
+  """Float32 logits [..., V] from hidden states [..., D]. Use only where a few positions
+  are needed (sampling); losses use the fused log-prob path instead."""
+  w = lm_head_weight(params, cfg)
+  return jnp.einsum("...d,dv->...v", hidden, w.astype(hidden.dtype),
+                    preferred_element_type=jnp.float32)
+
+
+# --------------------------------------------------------------------------- KV cache
+class KVCache(NamedTuple):
+  """KV cache for group decoding, a pytree.
+
+  prompt_k, prompt_v: [L, B, P, K, Dh]; written once by `prefill`, shared by the G samples.
+  gen_k, gen_v: [L, B, G, N, K, Dh]; slot n holds completion token n of each sample.
+  prompt_mask: [B, P] bool, True at real (non-padding) prompt tokens.
+  """
+  prompt_k: jax.Array
+  prompt_v: jax.Array
+  gen_k: jax.Array
+  gen_v: jax.Array
+  prompt_mask: jax.Array
+
+
+def prefill(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_lengths: jax.Array,
+            num_samples: int, max_new_tokens: int) -> tuple[jax.Array, KVCache]:
+  """Run the prompts once and build a cache for `num_samples` continuations each.
+
+  Args:
+    prompt_tokens: [B, P] int32, right-padded.
+    prompt_lengths: [B] int32, number of real tokens per row (>= 1).
+    num_samples: G, continuations per prompt (they share the prompt cache).
+    max_new_tokens: N, completion slots in the cache.
+
+  Returns:
+    last_hidden: [B, D] hidden state at each prompt's last real token;
+    cache: a KVCache with empty completion slots.
+  """
+  B, P = prompt_tokens.shape
+  seg = (jnp.arange(P)[None, :] < prompt_lengths[:, None]).astype(jnp.int32)
+  hidden, (k, v) = forward(params, cfg, prompt_tokens, segment_ids=seg, return_kv=True)
+  last = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+  L, K, Dh = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+  gen = jnp.zeros((L, B, num_samples, max_new_tokens, K, Dh), k.dtype)
+  return last, KVCache(k, v, gen, gen, seg.astype(bool))
+
+
+def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+                cache: KVCache, step: jax.Array) -> tuple[jax.Array, KVCache]:
+  """One decode step for every sample: attend to prompt + completion cache, append k/v.
+
+  Args:
+    tokens: [B, G] int32, the token each sample emitted at completion index `step`.
+    positions: [B, G] int32 RoPE positions of those tokens (prompt length + step).
+    cache: KVCache whose completion slots [0, step) are filled.
+    step: int32 scalar, completion index of `tokens` (slot they are written to).
+
+  Returns:
+    hidden: [B, G, D] final hidden states of `tokens`;
+    cache: the cache with slot `step` written.
+  """
+  layer_cache = {"prompt_k": cache.prompt_k, "prompt_v": cache.prompt_v,
+                 "gen_k": cache.gen_k, "gen_v": cache.gen_v}
+  hidden, (k, v) = Decoder(cfg).apply({"params": params}, tokens, positions, None,
+                                      DecodeInputs(cache.prompt_mask, step), layer_cache)
+  # k, v: [L, B, G, K, Dh] -> slot `step` of [L, B, G, N, K, Dh] (in place inside a loop).
+  idx = (0, 0, 0, step, 0, 0)
+  gen_k = jax.lax.dynamic_update_slice(cache.gen_k, k[:, :, :, None], idx)
+  gen_v = jax.lax.dynamic_update_slice(cache.gen_v, v[:, :, :, None], idx)
+  return hidden, cache._replace(gen_k=gen_k, gen_v=gen_v)
