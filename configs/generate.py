@@ -1,0 +1,32 @@
+"""Chat generation from the command line (stage `generate`).
+
+python -m r1jax.main --config=configs/generate.py --config.prompt="What is 12*13?"
+"""
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.stage = "generate"
+  # Model source: a default model name, a .gguf path or a Hugging Face directory.
+  c.model = "smollm2-135m-instruct"
+  # Tokenizer source ("" = the model source).
+  c.tokenizer = ""
+  # Compute dtype of the forward pass: float32 | bfloat16 | float16.
+  c.dtype = "float32"
+  # The user message.
+  c.prompt = "Write a haiku about the sea."
+  # Optional system message ("" = the chat template's default).
+  c.system = ""
+  # Wrap the prompt in the model's chat template (False = raw text continuation).
+  c.chat_template = True
+  # Completions to sample for the prompt.
+  c.num_samples = 1
+  # PRNG seed (same seed, same completions).
+  c.seed = 0
+  c.sampling = ConfigDict()
+  c.sampling.temperature = 0.7  # 0 = greedy
+  c.sampling.top_p = 0.95  # 1 = off
+  c.sampling.top_k = 0  # 0 = off
+  c.sampling.max_new_tokens = 256
+  return c

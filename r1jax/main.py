@@ -1,0 +1,47 @@
+"""r1jax entry point: `python -m r1jax.main --config=configs/STAGE.py [--config.key=value ...]`.
+
+The config file picks the stage (`config.stage`); every field can be overridden from the
+command line, and an unknown key fails before any compute (ml_collections config_flags).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.py file.",
+                                          lock_config=True)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from r1jax import stages  # imported late so that --help is fast
+  config = _CONFIG.value
+  logging.info("stage %s", config.stage)
+  stages.run(config)
+
+
+def _parse_flags(argv):
+  """absl flag parsing with one-line errors for bad config overrides (no traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    sys.exit(f"r1jax: {e}\nUsage: python -m r1jax.main --config=configs/STAGE.py "
+             f"[--config.key=value ...]")
+  except (AttributeError, KeyError) as e:
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+    sys.exit(f"r1jax: unknown config key {str(e).strip(chr(34))} in overrides {bad}; "
+             f"every key must exist in the config file")
+
+
+def run():
+  """Console-script entry point (`r1jax --config=...`)."""
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

