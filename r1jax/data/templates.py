@@ -1,0 +1,89 @@
+"""Prompt templates: how a question becomes the text the policy continues.
+
+Names:
+  "r1_zero"  the R1-Zero training template (R1_SPEC.md section 4), plain text, no chat markup.
+  "chat"     the model's chat template, question as the user message, generation prompt added.
+  "chat_r1"  the chat template with a system message carrying the R1-Zero format instructions.
+  "raw"      the question itself.
+
+Questions are inserted verbatim (reasoning-gym questions often carry their own instructions such
+as "Give your answer as ..."; they are left as they are).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["R1_ZERO_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES", "render_prompt",
+           "check_template", "is_chat_template"]
+
+# Verbatim from R1_SPEC.md section 4; "{prompt}" is replaced by the question.
+R1_ZERO_TEMPLATE = (
+  "A conversation between User and Assistant. The user asks a question, and the Assistant "
+  "solves it. The assistant first thinks about the reasoning process in the mind and then "
+  "provides the user with the answer. The reasoning process and answer are enclosed within "
+  "<think> </think> and <answer> </answer> tags, respectively, i.e., <think> reasoning process "
+  "here </think> <answer> answer here </answer>. User: {prompt}. Assistant:"
+)
+
+# The R1-Zero template's instructions, addressed to the assistant, for "chat_r1".
+R1_SYSTEM_PROMPT = (
+  "You are a helpful assistant. The user asks a question, and you solve it. You first think "
+  "about the reasoning process in the mind and then provide the user with the answer. The "
+  "reasoning process and answer are enclosed within <think> </think> and <answer> </answer> "
+  "tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
+  "</answer>."
+)
+
+TEMPLATES = ("r1_zero", "chat", "chat_r1", "raw")
+
+
+def check_template(template: str) -> None:
+  """Validates a template name.
+
+  Raises:
+    ValueError: unknown name (the message lists the known ones).
+  """
+  if template not in TEMPLATES:
+    raise ValueError(f"unknown prompt template {template!r}; known: {', '.join(TEMPLATES)}")
+
+
+def is_chat_template(template: str) -> bool:
+  """True for templates rendered with the tokenizer's chat template ("chat", "chat_r1").
+
+  Raises:
+    ValueError: unknown template name.
+  """
+  check_template(template)
+  return template in ("chat", "chat_r1")
+
+
+def render_prompt(question: str, template: str, tokenizer: Any = None) -> str:
+  """Renders one question with a named template.
+
+  Args:
+    question: the question text, inserted as is.
+    template: one of TEMPLATES.
+    tokenizer: an `r1jax.tokenizer.Tokenizer` (anything with `apply_chat_template`); needed only
+      for the chat templates.
+
+  Returns:
+    the prompt text (str). Chat templates end with the assistant generation prompt.
+  Raises:
+    ValueError: unknown template name, or a chat template without a tokenizer.
+    TypeError: question is not a str.
+  """
+  check_template(template)
+  if not isinstance(question, str):
+    raise TypeError(f"question must be a str, got {type(question).__name__}")
+  if template == "raw":
+    return question
+  if template == "r1_zero":
+    # str.replace, not str.format: questions may contain braces.
+    return R1_ZERO_TEMPLATE.replace("{prompt}", question)
+  if tokenizer is None:
+    raise ValueError(f"template {template!r} needs a tokenizer (for its chat template)")
+  messages = [{"role": "user", "content": question}]
+  if template == "chat_r1":
+    messages.insert(0, {"role": "system", "content": R1_SYSTEM_PROMPT})
+  return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)

@@ -1,0 +1,1 @@
+"""Trainer core (sharded update, optax, orbax checkpoints) and metrics writers."""
