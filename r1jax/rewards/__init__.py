@@ -1,0 +1,25 @@
+"""Rule-based rewards for GRPO / R1-Zero (R1_SPEC section 3; arXiv:2501.12948 section 2.2.2).
+
+- parsing: `extract_answer` (last `<answer>` block, else last `\\boxed{}`).
+- accuracy: `accuracy.accuracy` (dispatch), `math_accuracy` (math_verify equivalence),
+  `reasoning_gym_accuracy` (the task's own scorer). The dispatcher is reached through its
+  module (or REWARD_FUNCTIONS["accuracy"]) so that the name `accuracy` keeps meaning the
+  submodule.
+- format: `format_reward` (graded: 0 / R_partial / R_full), `format_ok` (format rate).
+- registry: `REWARD_FUNCTIONS`, `register`, `parse_reward_spec("accuracy:1.0,format:0.2")`.
+- pool: `RewardComputer` (weighted sum in worker processes with per-sample timeouts).
+"""
+
+from r1jax.rewards import accuracy, format, parsing, pool, registry  # noqa: A004
+from r1jax.rewards.accuracy import is_reasoning_gym_task, math_accuracy, reasoning_gym_accuracy
+from r1jax.rewards.format import format_ok, format_reward, has_basic_format
+from r1jax.rewards.parsing import extract_answer
+from r1jax.rewards.pool import RewardComputer, RewardResult
+from r1jax.rewards.registry import REWARD_FUNCTIONS, parse_reward_spec, register
+
+__all__ = [
+    "REWARD_FUNCTIONS", "RewardComputer", "RewardResult", "accuracy", "extract_answer",
+    "format", "format_ok", "format_reward", "has_basic_format", "is_reasoning_gym_task",
+    "math_accuracy", "parse_reward_spec", "parsing", "pool", "reasoning_gym_accuracy",
+    "register", "registry",
+]
