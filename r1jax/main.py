@@ -6,6 +6,7 @@ command line, and an unknown key fails before any compute (ml_collections config
 
 from __future__ import annotations
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -16,9 +17,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a configs/*.p
 flags.mark_flags_as_required(["config"])
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of orbax/grain/jax internals from the absl log (warnings pass)."""
+
+  def filter(self, record):
+    if record.levelno >= std_logging.WARNING:
+      return True
+    return not any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "jax", "etils"))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   from r1jax import stages  # imported late so that --help is fast
   config = _CONFIG.value
   logging.info("stage %s", config.stage)

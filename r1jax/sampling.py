@@ -37,14 +37,19 @@ class SamplingParams:
   top_k: keep the k most likely tokens; 0 disables.
   max_new_tokens: completion budget per sample (tokens).
   stop_ids: token ids that end a sample (the stop token is kept in the output).
+  stop_sequences: token-id sequences that end a sample when the completion ends with one
+    (e.g. the tokens of "</answer>"; see `stop_sequences_for`). Kept in the output.
   """
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
   max_new_tokens: int = 128
   stop_ids: tuple[int, ...] = ()
+  stop_sequences: tuple[tuple[int, ...], ...] = ()
 
   def __post_init__(self):
+    if any(len(s) == 0 for s in self.stop_sequences):
+      raise ValueError("stop_sequences must not contain an empty sequence")
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if not 0 < self.top_p <= 1:
@@ -108,12 +113,36 @@ def sample_from_logits(logits: jax.Array, key: jax.Array, temperature: float, to
   return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
 
 
+def stop_sequences_for(tokenizer, strings) -> tuple[tuple[int, ...], ...]:
+  """Token sequences for stop strings: each string tokenised alone and after a space
+  (BPE merges a leading space into the first token), deduplicated."""
+  seqs = []
+  for s in strings:
+    for variant in (s, " " + s):
+      ids = tuple(tokenizer.encode(variant, add_bos=False))
+      if ids and ids not in seqs:
+        seqs.append(ids)
+  return tuple(seqs)
+
+
+def _ends_with_any(tokens: jax.Array, last: jax.Array, seqs) -> jax.Array:
+  """[B, G] bool: completion tokens [B, G, N] up to index `last` end with one of `seqs`."""
+  hit = jnp.zeros(tokens.shape[:2], bool)
+  for seq in seqs:
+    k = len(seq)
+    start = jnp.maximum(last + 1 - k, 0)
+    window = jax.lax.dynamic_slice_in_dim(tokens, start, k, axis=2)
+    hit = hit | ((last + 1 >= k) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=-1))
+  return hit
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
-                                             "top_p", "top_k", "stop_ids", "pad_id"))
+                                             "top_p", "top_k", "stop_ids", "stop_sequences",
+                                             "pad_id"))
 def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
              max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
              temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
-             pad_id: int) -> SampleOutput:
+             pad_id: int, stop_sequences: tuple[tuple[int, ...], ...] = ()) -> SampleOutput:
   """Prefill B prompts once and decode `num_samples` completions for each.
 
   Args:
@@ -127,6 +156,7 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     cache_len: N, completion slots in the KV cache and length of the outputs (static).
     temperature, top_p, top_k: sampling settings (static).
     stop_ids: ids that end a sample (static).
+    stop_sequences: token sequences that end a sample (static).
     pad_id: id written after a sample ends (static).
 
   Returns:
@@ -145,7 +175,7 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
                      jax.random.fold_in(key, 0))
   tokens = jnp.full((B, G, N), pad_id, jnp.int32).at[:, :, 0].set(tok0)
   logprobs = jnp.zeros((B, G, N), jnp.float32).at[:, :, 0].set(lp0)
-  done = is_stop(tok0)
+  done = is_stop(tok0) | _ends_with_any(tokens, jnp.int32(0), stop_sequences)
   lengths = jnp.ones((B, G), jnp.int32)
   limit = jnp.minimum(max_new_tokens, N)
 
@@ -164,7 +194,7 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, :, None], (0, 0, t + 1))
     logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, :, None], (0, 0, t + 1))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | is_stop(nxt)
+    done = done | is_stop(nxt) | _ends_with_any(tokens, t + 1, stop_sequences)
     return t + 1, nxt, cache, tokens, logprobs, done, lengths
 
   state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths)
@@ -173,12 +203,17 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:
-  """Smallest power of two >= max(n, minimum): padded lengths take few distinct values,
-  so jit compiles a handful of programs per run instead of one per step."""
+  """Smallest bucket >= n on the ladder minimum, 2*minimum, 3*minimum, 4*minimum, 6*minimum,
+  8*minimum, 12*minimum, ... (powers of two and 1.5x powers of two): padded lengths take few
+  distinct values, so jit compiles a handful of programs per run instead of one per step,
+  and padding wastes at most a third."""
   b = minimum
-  while b < n:
+  while True:
+    if b >= n:
+      return b
+    if b >= 2 * minimum and (b * 3 // 2) >= n and (b * 3) % 2 == 0:
+      return b * 3 // 2
     b *= 2
-  return b
 
 
 class Sampler:
@@ -249,7 +284,8 @@ class Sampler:
                    jnp.int32(sampling.max_new_tokens), cfg=self.cfg, num_samples=num_samples,
                    cache_len=N, temperature=float(sampling.temperature),
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),
-                   stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id))
+                   stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id),
+                   stop_sequences=tuple(tuple(int(i) for i in s) for s in sampling.stop_sequences))
     out = jax.device_get(out)
     n = sampling.max_new_tokens
     out = SampleOutput(out.tokens[:, :, :n], out.lengths, out.logprobs[:, :, :n], out.finished,

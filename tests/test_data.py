@@ -66,7 +66,7 @@ def test_chat_prompt_ids_match_apply_chat_template(tok):
 
 
 def test_unknown_template(tok):
-  with pytest.raises(ValueError, match="r1_zero, chat, chat_r1, raw"):
+  with pytest.raises(ValueError, match="r1_zero, r1_zero_1shot, chat, chat_r1, raw"):
     render_prompt("q", "r1-zero", tok)
   with pytest.raises(ValueError, match="unknown prompt template 'nope'"):
     make(tok, template="nope")

@@ -4,7 +4,13 @@ Names:
   "r1_zero"  the R1-Zero training template (R1_SPEC.md section 4), plain text, no chat markup.
   "chat"     the model's chat template, question as the user message, generation prompt added.
   "chat_r1"  the chat template with a system message carrying the R1-Zero format instructions.
+  "r1_zero_1shot"  the R1-Zero instructions, one worked example in the format, and the
+             response opened with "<think>" (small models never emit the tags unprompted, so
+             the plain template gives no reward signal to learn from; see README).
   "raw"      the question itself.
+
+`response_prefix(template)` is the part of the response the template already wrote
+("<think>" for r1_zero_1shot): rewards must see prefix + completion.
 
 Questions are inserted verbatim (reasoning-gym questions often carry their own instructions such
 as "Give your answer as ..."; they are left as they are).
@@ -14,8 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["R1_ZERO_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES", "render_prompt",
-           "check_template", "is_chat_template"]
+__all__ = ["R1_ZERO_TEMPLATE", "R1_ZERO_1SHOT_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES",
+           "render_prompt", "response_prefix", "check_template", "is_chat_template"]
 
 # Verbatim from R1_SPEC.md section 4; "{prompt}" is replaced by the question.
 R1_ZERO_TEMPLATE = (
@@ -35,7 +41,26 @@ R1_SYSTEM_PROMPT = (
   "</answer>."
 )
 
-TEMPLATES = ("r1_zero", "chat", "chat_r1", "raw")
+# R1-Zero instructions + one worked example; the response is opened with "<think>".
+R1_ZERO_1SHOT_TEMPLATE = (
+  R1_ZERO_TEMPLATE[:R1_ZERO_TEMPLATE.index(" User: {prompt}")]
+  + "\nUser: What is 3 + 4?\nAssistant: <think> 3 plus 4 equals 7. </think> <answer> 7 </answer>"
+  + "\nUser: {prompt}\nAssistant: <think>"
+)
+
+TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw")
+
+_RESPONSE_PREFIX = {"r1_zero_1shot": "<think>"}
+
+
+def response_prefix(template: str) -> str:
+  """Text that the template put at the start of the response ("" for most templates).
+
+  Raises:
+    ValueError: unknown template name.
+  """
+  check_template(template)
+  return _RESPONSE_PREFIX.get(template, "")
 
 
 def check_template(template: str) -> None:
@@ -78,9 +103,10 @@ def render_prompt(question: str, template: str, tokenizer: Any = None) -> str:
     raise TypeError(f"question must be a str, got {type(question).__name__}")
   if template == "raw":
     return question
-  if template == "r1_zero":
+  if template in ("r1_zero", "r1_zero_1shot"):
     # str.replace, not str.format: questions may contain braces.
-    return R1_ZERO_TEMPLATE.replace("{prompt}", question)
+    text = R1_ZERO_TEMPLATE if template == "r1_zero" else R1_ZERO_1SHOT_TEMPLATE
+    return text.replace("{prompt}", question)
   if tokenizer is None:
     raise ValueError(f"template {template!r} needs a tokenizer (for its chat template)")
   messages = [{"role": "user", "content": question}]

@@ -97,6 +97,12 @@ class DecodeInputs(NamedTuple):
   step: jax.Array  # int32 scalar: number of completion tokens already in the cache
 
 
+class GroupedInputs(NamedTuple):
+  """Attention context of the shared-prompt training forward (see `forward_grouped`)."""
+  prompt_mask: jax.Array  # [B, 1, P, P] bool causal + valid mask of the prompts
+  prompt_valid: jax.Array  # [B, P] bool, True at real prompt tokens
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE.
 
@@ -113,15 +119,22 @@ class Attention(nn.Module):
     H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     bias = ("q_heads", "head_dim") if cfg.attention_bias else None
     kv_bias = ("kv_heads", "head_dim") if cfg.attention_bias else None
-    q = _dense(cfg, (H, Dh), -1, ("embed", "q_heads", "head_dim"), bias, "q_proj")(x)
-    k = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "k_proj")(x)
-    v = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")(x)
+    q_proj = _dense(cfg, (H, Dh), -1, ("embed", "q_heads", "head_dim"), bias, "q_proj")
+    k_proj = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "k_proj")
+    v_proj = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")
+    o_proj = _dense(cfg, cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), None,
+                    "o_proj")
     inv_freq = rope_inv_freq(cfg)
-    q = apply_rope(q, positions, inv_freq)
-    k = apply_rope(k, positions, inv_freq)
     scale = Dh ** -0.5
     R = H // K
     f32 = jnp.float32
+
+    if isinstance(mask, GroupedInputs):
+      return self._grouped(x, positions, mask, q_proj, k_proj, v_proj, o_proj, inv_freq)
+
+    q = apply_rope(q_proj(x), positions, inv_freq)
+    k = apply_rope(k_proj(x), positions, inv_freq)
+    v = v_proj(x)
 
     if decode is None:
       # x: [B, T, D]; q: [B, T, H, Dh]; k, v: [B, S=T, K, Dh]
@@ -153,9 +166,38 @@ class Attention(nn.Module):
            + p_s[..., None].astype(f32) * v[:, :, :, None, :].astype(f32))
       o = o.reshape(B, G, H, Dh).astype(cfg.jnp_dtype)
 
-    out = _dense(cfg, cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), None,
-                 "o_proj")(o)
-    return out, (k, v)
+    return o_proj(o), (k, v)
+
+  def _grouped(self, x, positions, ctx: GroupedInputs, q_proj, k_proj, v_proj, o_proj, inv_freq):
+    """Prompts [B, P, D] once, their G completions [B, G, N, D] attending to them."""
+    cfg = self.cfg
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    R, f32, scale = H // K, jnp.float32, Dh ** -0.5
+    xp, xc = x
+    pp, pc = positions
+    qp, kp, vp = apply_rope(q_proj(xp), pp, inv_freq), apply_rope(k_proj(xp), pp, inv_freq), v_proj(xp)
+    qc, kc, vc = apply_rope(q_proj(xc), pc, inv_freq), apply_rope(k_proj(xc), pc, inv_freq), v_proj(xc)
+    B, P = xp.shape[:2]
+    G, N = xc.shape[1:3]
+    # Prompt queries: causal self-attention within the prompt.
+    q = qp.reshape(B, P, K, R, Dh)
+    s = jnp.einsum("btkrd,bskd->bkrts", q, kp, preferred_element_type=f32) * scale
+    s = jnp.where(ctx.prompt_mask[:, :, None], s, _NEG_INF)
+    p = jax.nn.softmax(s, axis=-1).astype(vp.dtype)
+    op = jnp.einsum("bkrts,bskd->btkrd", p, vp, preferred_element_type=f32)
+    op = op.reshape(B, P, H, Dh).astype(cfg.jnp_dtype)
+    # Completion queries: the shared prompt (real tokens) + causal within the completion.
+    # Completion padding sits after the real tokens, so causality alone keeps it unseen.
+    q = qc.reshape(B, G, N, K, R, Dh)
+    s_p = jnp.einsum("bgnkrd,bpkd->bgkrnp", q, kp, preferred_element_type=f32)
+    s_c = jnp.einsum("bgnkrd,bgmkd->bgkrnm", q, kc, preferred_element_type=f32)
+    s_p = jnp.where(ctx.prompt_valid[:, None, None, None, None, :], s_p, _NEG_INF)
+    s_c = jnp.where(jnp.tril(jnp.ones((N, N), bool)), s_c, _NEG_INF)
+    p = jax.nn.softmax(jnp.concatenate([s_p, s_c], axis=-1) * scale, axis=-1).astype(vc.dtype)
+    oc = (jnp.einsum("bgkrnp,bpkd->bgnkrd", p[..., :P], vp, preferred_element_type=f32)
+          + jnp.einsum("bgkrnm,bgmkd->bgnkrd", p[..., P:], vc, preferred_element_type=f32))
+    oc = oc.reshape(B, G, N, H, Dh).astype(cfg.jnp_dtype)
+    return (o_proj(op), o_proj(oc)), None
 
 
 class MLP(nn.Module):
@@ -176,10 +218,14 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x, positions, mask, decode, cache):
-    h, kv = Attention(self.cfg, name="attn")(RMSNorm(self.cfg, name="attn_norm")(x), positions,
-                                            mask, decode, cache)
-    x = x + h
-    x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg, name="mlp_norm")(x))
+    # x is an array, or a (prompt, completion) pair in the grouped training forward.
+    each = lambda f, v: tuple(f(u) for u in v) if isinstance(v, tuple) else f(v)
+    add = lambda a, b: tuple(u + w for u, w in zip(a, b)) if isinstance(a, tuple) else a + b
+    attn_norm = RMSNorm(self.cfg, name="attn_norm")
+    h, kv = Attention(self.cfg, name="attn")(each(attn_norm, x), positions, mask, decode, cache)
+    x = add(x, h)
+    mlp_norm, mlp = RMSNorm(self.cfg, name="mlp_norm"), MLP(self.cfg, name="mlp")
+    x = add(x, each(lambda u: mlp(mlp_norm(u)), x))
     return x, kv
 
 
@@ -193,7 +239,8 @@ class Decoder(nn.Module):
     cfg = self.cfg
     embedding = self.param("embedding", _init(("vocab", "embed")),
                            (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
-    x = jnp.take(embedding, tokens, axis=0).astype(cfg.jnp_dtype)
+    embed = lambda t: jnp.take(embedding, t, axis=0).astype(cfg.jnp_dtype)
+    x = tuple(embed(t) for t in tokens) if isinstance(tokens, tuple) else embed(tokens)
     block = Block
     if self.remat:
       block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
@@ -201,7 +248,8 @@ class Decoder(nn.Module):
                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), out_axes=0,
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, kv = stack(cfg, name="layers")(x, positions, mask, decode, cache)
-    x = RMSNorm(cfg, name="final_norm")(x)
+    final_norm = RMSNorm(cfg, name="final_norm")
+    x = tuple(final_norm(u) for u in x) if isinstance(x, tuple) else final_norm(x)
     if not cfg.tie_word_embeddings:
       # Created here so init() builds it; applied by `logits()`.
       self.param("lm_head", _init(("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size),
@@ -276,6 +324,47 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   hidden, kv = Decoder(cfg, remat=remat).apply({"params": params}, tokens, positions,
                                                attention_mask(segment_ids))
   return (hidden, kv) if return_kv else hidden
+
+
+def forward_grouped(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array,
+                    prompt_lengths: jax.Array, completion_tokens: jax.Array, *,
+                    remat: bool = False):
+  """Training forward of G completions per prompt with each prompt computed once.
+
+  Equivalent to `forward` on the B*G sequences prompt_b + completion_bg (same hidden
+  states, same gradients), but the prompt positions are run, and back-propagated, once
+  per group instead of G times: the cost is B*P + B*G*N tokens instead of B*G*(P+N).
+
+  Args:
+    prompt_tokens: [B, P] int32, right-padded prompts.
+    prompt_lengths: [B] int32 real prompt tokens (>= 1).
+    completion_tokens: [B, G, N] int32 (padding after each completion's end is fine).
+    remat: recompute each block in the backward pass.
+
+  Returns:
+    prompt_hidden [B, P, D] and completion_hidden [B, G, N, D] (after the final norm).
+    The hidden state that predicts completion token j is prompt_hidden[b, len_b - 1] for
+    j = 0 and completion_hidden[b, g, j - 1] for j > 0 (see `completion_predictors`).
+  """
+  B, P = prompt_tokens.shape
+  G, N = completion_tokens.shape[1:]
+  valid = jnp.arange(P)[None, :] < prompt_lengths[:, None]
+  pp = jnp.broadcast_to(jnp.arange(P, dtype=jnp.int32), (B, P))
+  pc = (prompt_lengths[:, None, None] + jnp.arange(N, dtype=jnp.int32)[None, None, :])
+  pc = jnp.broadcast_to(pc, (B, G, N))
+  ctx = GroupedInputs(attention_mask(valid.astype(jnp.int32)), valid)
+  (hp, hc), _ = Decoder(cfg, remat=remat).apply({"params": params},
+                                                (prompt_tokens, completion_tokens), (pp, pc), ctx)
+  return hp, hc
+
+
+def completion_predictors(prompt_hidden: jax.Array, prompt_lengths: jax.Array,
+                          completion_hidden: jax.Array) -> jax.Array:
+  """[B, G, N, D] hidden states whose next-token distribution gives completion token j."""
+  last = jnp.take_along_axis(prompt_hidden, (prompt_lengths - 1)[:, None, None], axis=1)
+  B, G, N, D = completion_hidden.shape
+  first = jnp.broadcast_to(last[:, None], (B, G, 1, D))
+  return jnp.concatenate([first, completion_hidden[:, :, :-1]], axis=2)
 
 
 def lm_head_weight(params: Params, cfg: ModelConfig) -> jax.Array:

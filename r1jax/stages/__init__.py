@@ -7,6 +7,7 @@ import importlib
 # stage name -> module with a `run(config)` function
 STAGES = {
     "generate": "r1jax.stages.generate",
+    "grpo": "r1jax.stages.grpo",
 }
 
 

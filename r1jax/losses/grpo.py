@@ -1,0 +1,182 @@
+"""GRPO (Group Relative Policy Optimization) as pure functions, with its common variants.
+
+Source: Shao et al., "DeepSeekMath" (arXiv:2402.03300), eq. 3 and Algorithm 1; used as-is
+by DeepSeek-R1 (arXiv:2501.12948), see R1_SPEC section 2. Variants: DAPO (Yu et al. 2025,
+arXiv:2503.14476: clip-higher, token-level aggregation, overlong filtering, dynamic
+sampling) and Dr. GRPO (Liu et al. 2025, arXiv:2503.20783: no std scaling, constant
+length normaliser). KL estimators k1/k2/k3 from J. Schulman, "Approximating KL
+divergence" (2020).
+
+Shapes: S sequences (= prompts x G), T token positions. All per-token arrays are aligned
+with the *targets*: position t holds quantities of token t+1 of the sequence.
+
+Exactness under gradient accumulation: `loss_weights` turns a whole rollout batch's mask
+into per-token weights and one global denominator; a micro-batch's loss is
+sum(weights * per_token_loss) / denominator, so the micro-batch losses (and gradients) add
+up exactly to the full-batch loss, for every aggregation mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+AGGREGATIONS = ("sequence_mean_token_mean", "token_mean", "dr_grpo")
+KL_ESTIMATORS = ("k1", "k2", "k3")
+ADVANTAGE_SCALINGS = ("group", "batch", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOConfig:
+  """Loss settings.
+
+  epsilon_low / epsilon_high: clip range [1 - eps_low, 1 + eps_high] of the ratio
+    (equal = the original GRPO clip; eps_high > eps_low = DAPO clip-higher).
+  beta: KL coefficient against the reference policy (0 disables the KL term).
+  kl_estimator: "k1" | "k2" | "k3" (GRPO uses k3).
+  aggregation: "sequence_mean_token_mean" (GRPO: mean over sequences of the per-sequence
+    token mean) | "token_mean" (DAPO: mean over all tokens of the batch) | "dr_grpo"
+    (sum over tokens / (num sequences * max_completion_len)).
+  max_completion_len: the constant normaliser of "dr_grpo" (tokens).
+  """
+  epsilon_low: float = 0.2
+  epsilon_high: float = 0.2
+  beta: float = 0.04
+  kl_estimator: str = "k3"
+  aggregation: str = "sequence_mean_token_mean"
+  max_completion_len: int = 128
+
+  def __post_init__(self):
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+    if self.kl_estimator not in KL_ESTIMATORS:
+      raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {self.kl_estimator!r}")
+    if not (0 <= self.epsilon_low < 1 and self.epsilon_high >= 0):
+      raise ValueError(f"bad clip range: epsilon_low={self.epsilon_low}, "
+                       f"epsilon_high={self.epsilon_high}")
+    if self.beta < 0:
+      raise ValueError(f"beta must be >= 0, got {self.beta}")
+    if self.max_completion_len < 1:
+      raise ValueError(f"max_completion_len must be >= 1, got {self.max_completion_len}")
+
+
+def group_advantages(rewards: np.ndarray, scaling: str = "group", eps: float = 1e-4) -> np.ndarray:
+  """Group-relative advantages A_i = (r_i - mean_group(r)) / std (R1_SPEC section 2).
+
+  Args:
+    rewards: [B, G] rewards of G samples for each of B prompts.
+    scaling: "group" divides by the group's std (GRPO), "batch" by the std of all B*G
+      rewards, "none" does not divide (Dr. GRPO).
+    eps: added to the std (groups whose rewards are all equal get advantage 0).
+
+  Returns:
+    [B, G] float32 advantages. The std is the sample std (ddof=1), as in TRL/verl.
+
+  Raises:
+    ValueError: unknown scaling, or G < 2.
+  """
+  r = np.asarray(rewards, np.float64)
+  if r.ndim != 2 or r.shape[1] < 2:
+    raise ValueError(f"rewards must be [B, G] with G >= 2, got shape {r.shape}")
+  centred = r - r.mean(axis=1, keepdims=True)
+  if scaling == "group":
+    a = centred / (r.std(axis=1, ddof=1, keepdims=True) + eps)
+  elif scaling == "batch":
+    a = centred / (r.std(ddof=1) + eps)
+  elif scaling == "none":
+    a = centred
+  else:
+    raise ValueError(f"advantage scaling must be one of {ADVANTAGE_SCALINGS}, got {scaling!r}")
+  return a.astype(np.float32)
+
+
+def loss_weights(mask: np.ndarray, aggregation: str, max_completion_len: int):
+  """Per-token weights and the global denominator of a whole rollout batch.
+
+  Args:
+    mask: [S, T] {0, 1} completion-token mask of the whole batch (all micro-batches).
+    aggregation: see GRPOConfig.
+    max_completion_len: dr_grpo's constant.
+
+  Returns:
+    weights [S, T] float32 and denominator (float): loss = sum(weights * l) / denominator.
+    - sequence_mean_token_mean: weights = mask / |o_i|, denominator = S (sequences with at
+      least one token; fully masked ones, e.g. filtered truncations, do not count);
+    - token_mean: weights = mask, denominator = number of unmasked tokens;
+    - dr_grpo: weights = mask, denominator = S * max_completion_len.
+  """
+  mask = np.asarray(mask, np.float32)
+  if aggregation == "sequence_mean_token_mean":
+    n = mask.sum(axis=1, keepdims=True)
+    weights = mask / np.maximum(n, 1.0)
+    denom = float((n > 0).sum())
+  elif aggregation == "token_mean":
+    weights, denom = mask, float(mask.sum())
+  elif aggregation == "dr_grpo":
+    weights, denom = mask, float(mask.shape[0] * max_completion_len)
+  else:
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+  return weights, max(denom, 1.0)
+
+
+def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
+  """Per-token KL(pi_theta || pi_ref) estimate from log-probs of sampled tokens.
+
+  With log r = ref_logp - logp: k1 = -log r, k2 = (log r)^2 / 2, k3 = r - log r - 1.
+  """
+  log_r = ref_logp - logp
+  if estimator == "k1":
+    return -log_r
+  if estimator == "k2":
+    return 0.5 * jnp.square(log_r)
+  if estimator == "k3":
+    return jnp.exp(log_r) - log_r - 1.0
+  raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {estimator!r}")
+
+
+def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: Optional[jax.Array],
+              advantages: jax.Array, weights: jax.Array, denominator, cfg: GRPOConfig,
+              entropy: Optional[jax.Array] = None):
+  """GRPO loss of a (micro-)batch: the negative of DeepSeekMath eq. 3 (token-level form).
+
+  Args:
+    logp: [S, T] float32 log pi_theta of the sampled tokens (differentiable).
+    old_logp: [S, T] log pi_old (constant; equal to stop_gradient(logp) when mu = 1).
+    ref_logp: [S, T] log pi_ref, or None when cfg.beta == 0.
+    advantages: [S] float32, one per sequence (broadcast over its tokens).
+    weights: [S, T] float32 from `loss_weights` (0 off the completion).
+    denominator: scalar from `loss_weights` for the *whole* rollout batch.
+    cfg: GRPOConfig.
+    entropy: optional [S, T] token entropies, only reported.
+
+  Returns:
+    (loss scalar, metrics dict). Metric sums are weighted by `weights / denominator`, so
+    they add up across micro-batches like the loss: pg_loss, kl, clip_frac (fraction of
+    tokens whose ratio was clipped), ratio_mean, entropy.
+  """
+  old_logp = jax.lax.stop_gradient(old_logp)
+  ratio = jnp.exp(logp - old_logp)
+  a = advantages[:, None]
+  unclipped = ratio * a
+  clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high) * a
+  objective = jnp.minimum(unclipped, clipped)
+  per_token = -objective
+  w = weights / denominator
+  metrics = {"pg_loss": jnp.sum(w * per_token)}
+  if cfg.beta > 0:
+    if ref_logp is None:
+      raise ValueError("beta > 0 needs reference log-probs")
+    kl = kl_penalty(logp, jax.lax.stop_gradient(ref_logp), cfg.kl_estimator)
+    per_token = per_token + cfg.beta * kl
+    metrics["kl"] = jnp.sum(w * kl)
+  is_clipped = ((ratio < 1.0 - cfg.epsilon_low) & (a < 0)) | ((ratio > 1.0 + cfg.epsilon_high) & (a > 0))
+  metrics["clip_frac"] = jnp.sum(w * is_clipped)
+  metrics["ratio_mean"] = jnp.sum(w * ratio)
+  if entropy is not None:
+    metrics["entropy"] = jnp.sum(w * jax.lax.stop_gradient(entropy))
+  loss = jnp.sum(w * per_token)
+  return loss, jax.tree.map(jax.lax.stop_gradient, metrics)
