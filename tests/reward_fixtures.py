@@ -35,3 +35,10 @@ def crash_reward(completion, example):
   if "CRASH" in completion:
     os._exit(3)  # pylint: disable=protected-access
   return 0.25
+
+
+@register("test_length")
+def length_reward(completion, example):
+  """Deterministic reward that varies between samples: (len(completion) mod 5) / 4."""
+  del example
+  return (len(completion) % 5) / 4.0

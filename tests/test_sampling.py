@@ -161,3 +161,29 @@ def test_errors(params):
     SamplingParams(top_p=0)
   with pytest.raises(ValueError, match="temperature"):
     SamplingParams(temperature=-1)
+
+
+def test_stop_sequences_end_a_sample_at_their_first_occurrence(params):
+  s = sampling.Sampler(CFG, pad_id=0)
+  want = naive_greedy(params, PROMPTS[1], 12)
+  seq = (want[4], want[5])
+  first = next(i for i in range(1, 12) if (want[i - 1], want[i]) == seq)
+  out = s(params, [PROMPTS[1]], jax.random.key(0),
+          sampling=SamplingParams(temperature=0, max_new_tokens=12, stop_sequences=(seq,)))
+  assert int(out.lengths[0, 0]) == first + 1 and bool(out.finished[0, 0])
+  assert out.tokens[0, 0, :first + 1].tolist() == want[:first + 1]
+  # A sequence that never occurs changes nothing.
+  out = s(params, [PROMPTS[1]], jax.random.key(0),
+          sampling=SamplingParams(temperature=0, max_new_tokens=12,
+                                  stop_sequences=((CFG.vocab_size - 1, CFG.vocab_size - 2),)))
+  assert out.tokens[0, 0].tolist() == want and not out.finished[0, 0]
+
+
+def test_stop_sequences_for_tokenizer():
+  from r1jax.tokenizer import Tokenizer
+  tok = Tokenizer.from_source("smollm2-135m-instruct")
+  seqs = sampling.stop_sequences_for(tok, ["</answer>"])
+  assert tuple(tok.encode("</answer>")) in seqs and tuple(tok.encode(" </answer>")) in seqs
+  for text in ("<think> 1 </think> <answer> 2 </answer>", "<answer>2</answer>"):
+    ids = tok.encode(text)
+    assert any(tuple(ids[-len(s):]) == s for s in seqs)

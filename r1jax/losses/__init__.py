@@ -1,3 +1,3 @@
 """Losses: pure functions of (log-probs, batch) -> (loss, metrics)."""
 from r1jax.losses.grpo import (GRPOConfig, grpo_loss, group_advantages, kl_penalty,
-                               loss_weights)
+                               loss_weights, token_mean_weights)

@@ -123,6 +123,12 @@ def loss_weights(mask: np.ndarray, aggregation: str, max_completion_len: int):
   return weights, max(denom, 1.0)
 
 
+def token_mean_weights(mask: np.ndarray) -> np.ndarray:
+  """[S, T] float32 weights mask / (number of unmasked tokens of the whole batch)."""
+  mask = np.asarray(mask, np.float32)
+  return mask / max(float(mask.sum()), 1.0)
+
+
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
   """Per-token KL(pi_theta || pi_ref) estimate from log-probs of sampled tokens.
 
@@ -140,7 +146,7 @@ def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> j
 
 def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: Optional[jax.Array],
               advantages: jax.Array, weights: jax.Array, denominator, cfg: GRPOConfig,
-              entropy: Optional[jax.Array] = None):
+              entropy: Optional[jax.Array] = None, metric_weights: Optional[jax.Array] = None):
   """GRPO loss of a (micro-)batch: the negative of DeepSeekMath eq. 3 (token-level form).
 
   Args:
@@ -152,31 +158,39 @@ def grpo_loss(logp: jax.Array, old_logp: jax.Array, ref_logp: Optional[jax.Array
     denominator: scalar from `loss_weights` for the *whole* rollout batch.
     cfg: GRPOConfig.
     entropy: optional [S, T] token entropies, only reported.
+    metric_weights: optional [S, T] weights of the reported per-token statistics, e.g.
+      `token_mean_weights(mask)` of the whole batch (default: weights / denominator).
 
   Returns:
-    (loss scalar, metrics dict). Metric sums are weighted by `weights / denominator`, so
-    they add up across micro-batches like the loss: pg_loss, kl, clip_frac (fraction of
-    tokens whose ratio was clipped), ratio_mean, entropy.
+    (loss scalar, metrics dict). All entries add up across micro-batches like the loss:
+    pg_loss (aggregated like the loss), and kl, clip_frac (fraction of tokens whose ratio
+    was clipped, i.e. the clipped branch was taken), ratio_mean, entropy weighted by
+    metric_weights.
   """
+  live = weights > 0
   old_logp = jax.lax.stop_gradient(old_logp)
-  ratio = jnp.exp(logp - old_logp)
+  # Off-mask positions are zeroed *before* exp: 0 * exp(large) would be NaN in the gradient.
+  ratio = jnp.exp(jnp.where(live, logp - old_logp, 0.0))
   a = advantages[:, None]
   unclipped = ratio * a
   clipped = jnp.clip(ratio, 1.0 - cfg.epsilon_low, 1.0 + cfg.epsilon_high) * a
   objective = jnp.minimum(unclipped, clipped)
   per_token = -objective
   w = weights / denominator
+  # Reported per-token statistics are token means (additive over micro-batches too).
+  mw = w if metric_weights is None else metric_weights
   metrics = {"pg_loss": jnp.sum(w * per_token)}
   if cfg.beta > 0:
     if ref_logp is None:
       raise ValueError("beta > 0 needs reference log-probs")
-    kl = kl_penalty(logp, jax.lax.stop_gradient(ref_logp), cfg.kl_estimator)
+    ref = jnp.where(live, jax.lax.stop_gradient(ref_logp), logp)
+    kl = kl_penalty(logp, ref, cfg.kl_estimator)
     per_token = per_token + cfg.beta * kl
-    metrics["kl"] = jnp.sum(w * kl)
+    metrics["kl"] = jnp.sum(mw * kl)
   is_clipped = ((ratio < 1.0 - cfg.epsilon_low) & (a < 0)) | ((ratio > 1.0 + cfg.epsilon_high) & (a > 0))
-  metrics["clip_frac"] = jnp.sum(w * is_clipped)
-  metrics["ratio_mean"] = jnp.sum(w * ratio)
+  metrics["clip_frac"] = jnp.sum(mw * is_clipped)
+  metrics["ratio_mean"] = jnp.sum(mw * ratio)
   if entropy is not None:
-    metrics["entropy"] = jnp.sum(w * jax.lax.stop_gradient(entropy))
+    metrics["entropy"] = jnp.sum(mw * jax.lax.stop_gradient(entropy))
   loss = jnp.sum(w * per_token)
   return loss, jax.tree.map(jax.lax.stop_gradient, metrics)

@@ -63,6 +63,15 @@ def validate_config(config) -> None:
     raise ValueError(f"steps must be >= 0, got {config.steps}")
   if config.eval.batch_size < 1:
     raise ValueError(f"eval.batch_size must be >= 1, got {config.eval.batch_size}")
+  if rl.advantage_scaling not in grpo_lib.ADVANTAGE_SCALINGS:
+    raise ValueError(f"rl.advantage_scaling must be one of {grpo_lib.ADVANTAGE_SCALINGS}, got "
+                     f"{rl.advantage_scaling!r}")
+  if rl.logprob_chunk_size < 1:
+    raise ValueError(f"rl.logprob_chunk_size must be >= 1, got {rl.logprob_chunk_size}")
+  if rl.max_resample_rounds < 0:
+    raise ValueError(f"rl.max_resample_rounds must be >= 0, got {rl.max_resample_rounds}")
+  if config.eval.temperature < 0:
+    raise ValueError(f"eval.temperature must be >= 0, got {config.eval.temperature}")
   sampling.SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                           max_new_tokens=rl.max_new_tokens)
   grpo_config(config)
@@ -152,12 +161,14 @@ def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: fl
     old = mb["old_logp"] if num_iterations > 1 else logp
     return grpo_lib.grpo_loss(flat(logp), flat(old), flat(mb.get("ref_logp")),
                               mb["advantages"].reshape(-1), flat(mb["weights"]), denominator,
-                              gcfg, flat(entropy))
+                              gcfg, flat(entropy), flat(mb.get("metric_weights")))
   return loss_fn
 
 
 def make_ref_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float, chunk_size: int):
-  """Jitted reference log-probs [B, G, N] of a batch, micro-batched like the update."""
+  """Jitted (params, batch) -> completion log-probs [B, G, N], micro-batched like the update.
+
+  Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
   def ref(params, batch):
     micro = {k: trainer_lib._split_micro(batch[k], num_micro)
              for k in ("prompt_tokens", "prompt_lengths", "completion")}
@@ -183,14 +194,13 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
       texts = [prefix + tok.decode(out.tokens[b, 0, :out.lengths[b, 0]])
                for b in range(len(chunk))]
       res = rewards(texts, chunk)
-      acc.extend(res.per_function["accuracy"].tolist())
+      acc.extend(res.per_function.get("accuracy", np.zeros(len(chunk))).tolist())
       fmt.extend(format_ok(t) for t in texts)
       lens.extend(out.lengths[:, 0].tolist())
       if mode == "greedy" and i == 0:
         samples = [{"split": "eval", "question": ex["question"], "answer": ex["answer"],
                     "completion": t, "accuracy": float(a)}
-                   for ex, t, a in zip(chunk[:config.log.num_samples], texts,
-                                       res.per_function["accuracy"])]
+                   for ex, t, a in zip(chunk[:config.log.num_samples], texts, acc)]
     metrics[f"accuracy_{mode}"] = float(np.mean(acc))
     metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
     metrics[f"response_len_{mode}"] = float(np.mean(lens))
@@ -251,8 +261,9 @@ def run(config) -> dict[str, Any]:
                 if gcfg.beta > 0 else None)
   state = trainer.init_state(host_params)
   del host_params
-  ref_fn = (make_ref_fn(cfg, mesh, num_micro, temperature=rl.temperature,
-                        chunk_size=rl.logprob_chunk_size) if gcfg.beta > 0 else None)
+  logprob_fn = make_ref_fn(cfg, mesh, num_micro, temperature=rl.temperature,
+                          chunk_size=rl.logprob_chunk_size)
+  ref_fn = logprob_fn if gcfg.beta > 0 else None
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
   stop_seqs = sampling.stop_sequences_for(tok, _split(rl.stop_strings))
   sp = sampling.SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
@@ -322,19 +333,24 @@ def run(config) -> dict[str, Any]:
       weights, denom = grpo_lib.loss_weights(mask.reshape(B * G, -1), gcfg.aggregation,
                                              gcfg.max_completion_len)
       batch["weights"] = weights.reshape(mask.shape)
-      if rl.num_iterations == 1:
-        batch.pop("old_logp")
+      batch["metric_weights"] = grpo_lib.token_mean_weights(mask)
+      batch.pop("old_logp")  # the sampler's; recomputed below with the training forward
       t_ref = time.perf_counter()
       if ref_fn is not None:
         batch["ref_logp"] = ref_fn(ref_params, trainer.shard_batch(batch))
         jax.block_until_ready(batch["ref_logp"])
+      if rl.num_iterations > 1:
+        # pi_old = the policy before the first update, through the same numerics as the loss.
+        batch["old_logp"] = logprob_fn(state.params, trainer.shard_batch(batch))
       t_update = time.perf_counter()
+      ms = []
       for _ in range(rl.num_iterations):
         state, m = trainer.update(state, batch, denom)
-      m = jax.device_get(m)
+        ms.append(m)
+      m = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(ms))  # mean over mu updates
       t_end = time.perf_counter()
       step += 1
-      metrics = _step_metrics(ro, m, G, schedule(step - 1))
+      metrics = _step_metrics(ro, m, G, schedule((step - 1) * rl.num_iterations))
       metrics.update({"seconds/rollout": ro.seconds_rollout, "seconds/reward": ro.seconds_reward,
                       "seconds/reference": t_update - t_ref, "seconds/update": t_end - t_update,
                       "step_s": t_end - t0,
@@ -345,9 +361,7 @@ def run(config) -> dict[str, Any]:
       if config.log.samples_every and step % config.log.samples_every == 0:
         writer.write_samples(step, _samples(ro, config.log.num_samples))
       is_last = step == config.steps
-      if eval_examples and (is_last or (config.eval.every_steps and
-                                        step % config.eval.every_steps == 0)):
-        run_eval(step)
+      # Save before evaluating: after a SIGTERM the grace period may not cover an eval.
       if is_last or guard.requested or (config.checkpoint.every_steps and
                                         step % config.checkpoint.every_steps == 0):
         save(step)
@@ -355,7 +369,10 @@ def run(config) -> dict[str, Any]:
         logging.warning("stopping at step %d after a signal; resume with --config.resume=True",
                         step)
         break
-    if start_step == config.steps and eval_examples and config.steps > 0:
+      if eval_examples and (is_last or (config.eval.every_steps and
+                                        step % config.eval.every_steps == 0)):
+        run_eval(step)
+    if start_step == config.steps and config.steps > 0:
       logging.info("nothing to do: the checkpoint is already at step %d", config.steps)
   finally:
     guard.restore()
@@ -376,8 +393,11 @@ def _split(s: str) -> list[str]:
 
 
 def _optim_with_steps(config):
+  """Optimizer config in optimizer updates (mu per rollout step), not rollout steps."""
   o = config.optim.to_dict()
-  o["decay_steps"] = max(config.steps, 1)
+  mu = config.rl.num_iterations
+  o["decay_steps"] = max(config.steps, 1) * mu
+  o["warmup_steps"] = config.optim.warmup_steps * mu
   from ml_collections import ConfigDict
   return ConfigDict(o)
 

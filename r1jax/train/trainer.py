@@ -52,8 +52,10 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, Callable[[int], f
   else:
     raise ValueError(f"optim.schedule must be 'cosine' or 'constant', got {cfg.schedule!r}")
   if warmup:
+    # Starts at lr / warmup (not 0, which would make the first update a no-op).
     schedule = optax.join_schedules(
-        [optax.linear_schedule(0.0, cfg.learning_rate, warmup), after], [warmup])
+        [optax.linear_schedule(cfg.learning_rate / warmup, cfg.learning_rate, warmup), after],
+        [warmup])
   else:
     schedule = after
   parts = []
@@ -136,15 +138,15 @@ class Trainer:
       grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
       def body(acc, mb):
-        (loss, metrics), grads = grad_fn(state.params, mb, denominator)
-        acc = jax.tree.map(jnp.add, acc, (loss, metrics, grads))
-        return acc, None
+        out = grad_fn(state.params, mb, denominator)
+        return jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, out), None
 
       mb0 = jax.tree.map(lambda x: x[0], micro)
       shapes = jax.eval_shape(lambda: grad_fn(state.params, mb0, denominator))
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-      (loss, metrics), grads = zeros
-      (loss, metrics, grads), _ = jax.lax.scan(body, (loss, metrics, grads), micro)
+      # Accumulate in float32 whatever the param dtype (bf16 sums of micro-batches drift).
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)),
+                           shapes)
+      ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, micro)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
@@ -156,7 +158,15 @@ class Trainer:
 
   def update(self, state: TrainState, batch: dict[str, np.ndarray], denominator: float):
     """One optimizer step on `batch` (leaves [S, ...], S divisible by num_micro_batches and
-    by the batch shards); returns (new state, metrics as Python floats)."""
+    S / num_micro_batches by the batch shards); returns (new state, metrics on device).
+
+    Raises:
+      ValueError: the batch does not split into micro-batches as configured.
+    """
+    S = len(next(iter(batch.values())))
+    if S % self.num_micro or (S // self.num_micro) % shd.batch_divisor(self.mesh):
+      raise ValueError(f"batch of {S} rows does not split into {self.num_micro} micro-batches "
+                       f"that are multiples of the {shd.batch_divisor(self.mesh)} batch shards")
     if self._update is None:
       self._update = self._build_update()
     batch = self.shard_batch(batch)
