@@ -33,7 +33,7 @@ def get_config() -> ConfigDict:
   # Device mesh sizes; one -1 takes the remaining devices.
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
   # Recompute each decoder block in the backward pass (activation memory ~ 1 layer).
-  c.remat = False
+  c.remat = True
   # Size of the tiny-random model (model="tiny-random" only).
   c.tiny_model = ConfigDict(dict(hidden_size=64, intermediate_size=128, num_layers=2,
                                  num_heads=4, num_kv_heads=2, head_dim=16))

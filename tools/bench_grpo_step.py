@@ -29,6 +29,7 @@ def main():
   ap.add_argument("--micro-batch", type=int, default=8)
   ap.add_argument("--beta", type=float, default=0.04)
   ap.add_argument("--template", default="r1_zero_1shot")
+  ap.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
   args = ap.parse_args()
 
   spec = importlib.util.spec_from_file_location("grpo_cfg", os.path.join(ROOT, "configs", "grpo.py"))
@@ -45,6 +46,7 @@ def main():
   c.rl.stop_strings = ""
   c.rl.beta = args.beta
   c.data.template = args.template
+  c.remat = args.remat
   c.data.train_size = 2000
   c.data.eval_size = 0
   c.eval.at_start = False
@@ -74,7 +76,7 @@ def main():
   tokens = args.prompts * args.samples * args.new_tokens
   result = {
       "model": args.model, "prompts": args.prompts, "samples_per_prompt": args.samples,
-      "new_tokens": args.new_tokens, "beta": args.beta, "steps_timed": len(timed),
+      "new_tokens": args.new_tokens, "beta": args.beta, "remat": args.remat, "steps_timed": len(timed),
       "step_s": round(mean("step_s"), 2),
       "rollout_s": round(mean("seconds/rollout"), 2),
       "reward_s": round(mean("seconds/reward"), 3),
