@@ -24,6 +24,8 @@ setup(
         "safetensors>=0.4",
         "jinja2>=3.1",
         "sympy>=1.12",
+        "math-verify>=0.7",
+        "reasoning-gym>=0.1.20",
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",

@@ -226,13 +226,25 @@ class Sampler:
   """
 
   def __init__(self, cfg: ModelConfig, *, pad_id: int = 0, min_prompt_bucket: int = 16,
-               min_completion_bucket: int = 16, max_total_len: Optional[int] = None):
+               min_completion_bucket: int = 16, max_total_len: Optional[int] = None,
+               mesh=None):
     self.cfg = cfg
     self.pad_id = pad_id
     self.min_prompt_bucket = min_prompt_bucket
     self.min_completion_bucket = min_completion_bucket
     self.max_total_len = max_total_len or cfg.max_position_embeddings
+    # With a mesh, prompts are split over its batch axes (data-parallel rollouts) whenever
+    # the batch divides evenly; params keep whatever sharding they have.
+    self.mesh = mesh
     self.last_stats: dict[str, float] = {}
+
+  def _place(self, ids: np.ndarray, lengths: np.ndarray):
+    if self.mesh is not None:
+      from r1jax import sharding as shd
+      if ids.shape[0] % shd.batch_divisor(self.mesh) == 0:
+        return (jax.device_put(ids, shd.batch_sharding(self.mesh, 2)),
+                jax.device_put(lengths, shd.batch_sharding(self.mesh, 1)))
+    return jnp.asarray(ids), jnp.asarray(lengths)
 
   def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad token lists to a bucketed length: ([B, P] int32, [B] int32)."""
@@ -265,8 +277,9 @@ class Sampler:
     Raises:
       ValueError: a prompt is empty, or prompt + max_new_tokens exceeds max_total_len.
     """
-    if isinstance(prompts, tuple) and len(prompts) == 2 and isinstance(prompts[0], np.ndarray):
-      ids, lengths = prompts
+    if (isinstance(prompts, tuple) and len(prompts) == 2
+        and isinstance(prompts[0], (np.ndarray, jax.Array))):
+      ids, lengths = np.asarray(prompts[0]), prompts[1]
       P = bucket_length(ids.shape[1], self.min_prompt_bucket)
       if P != ids.shape[1]:
         ids = np.pad(ids, ((0, 0), (0, P - ids.shape[1])), constant_values=self.pad_id)
@@ -280,7 +293,8 @@ class Sampler:
           f"context limit of {self.max_total_len} tokens")
     N = bucket_length(sampling.max_new_tokens, self.min_completion_bucket)
     t0 = time.perf_counter()
-    out = generate(params, jnp.asarray(ids), jnp.asarray(lengths), key,
+    ids, lengths = self._place(ids, lengths)
+    out = generate(params, ids, lengths, key,
                    jnp.int32(sampling.max_new_tokens), cfg=self.cfg, num_samples=num_samples,
                    cache_len=N, temperature=float(sampling.temperature),
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),

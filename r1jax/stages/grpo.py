@@ -264,7 +264,7 @@ def run(config) -> dict[str, Any]:
   logprob_fn = make_ref_fn(cfg, mesh, num_micro, temperature=rl.temperature,
                           chunk_size=rl.logprob_chunk_size)
   ref_fn = logprob_fn if gcfg.beta > 0 else None
-  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
+  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh)
   stop_seqs = sampling.stop_sequences_for(tok, _split(rl.stop_strings))
   sp = sampling.SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                                max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,

@@ -153,7 +153,14 @@ class Trainer:
                      update_norm=optax.global_norm(updates))
       return TrainState(params, opt_state, state.step + 1), metrics
 
-    return jax.jit(update, donate_argnums=(0,),
+    return update
+
+  def _jit_update(self, batch):
+    """The jitted update with explicit in/out shardings for this batch structure."""
+    batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+    return jax.jit(self._build_update(), donate_argnums=(0,),
+                   in_shardings=(self.state_shardings, batch_shardings,
+                                 shd.replicated(self.mesh)),
                    out_shardings=(self.state_shardings, shd.replicated(self.mesh)))
 
   def update(self, state: TrainState, batch: dict[str, np.ndarray], denominator: float):
@@ -167,10 +174,11 @@ class Trainer:
     if S % self.num_micro or (S // self.num_micro) % shd.batch_divisor(self.mesh):
       raise ValueError(f"batch of {S} rows does not split into {self.num_micro} micro-batches "
                        f"that are multiples of the {shd.batch_divisor(self.mesh)} batch shards")
-    if self._update is None:
-      self._update = self._build_update()
+    keys = tuple(sorted(batch))
+    if self._update is None or self._update[0] != keys:
+      self._update = (keys, self._jit_update(batch))
     batch = self.shard_batch(batch)
-    state, metrics = self._update(state, batch, jnp.float32(denominator))
+    state, metrics = self._update[1](state, batch, jnp.float32(denominator))
     return state, metrics
 
   def shard_batch(self, batch: dict[str, np.ndarray]):
