@@ -1,0 +1,107 @@
+"""Evaluation metrics as the R1 paper reports them (R1_SPEC section 6).
+
+- pass@1 from k samples: mean over problems of (correct samples / k).
+- Unbiased pass@k from n samples with c correct (Chen et al. 2021, "Evaluating Large
+  Language Models Trained on Code", eq. 1): 1 - C(n-c, k) / C(n, k), computed in the
+  numerically stable product form 1 - prod_{i=0}^{k-1} (n-c-i) / (n-i).
+- cons@N: majority vote over the N extracted answers, equivalent answers voting together
+  ("1/2", "0.5" and "\\frac{1}{2}" are one vote), accuracy of the voted answer.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+
+def pass_at_k(num_samples, num_correct, k: int) -> np.ndarray:
+  """Unbiased pass@k per problem.
+
+  Args:
+    num_samples: n per problem, int array [P] (or scalar).
+    num_correct: c per problem, int array [P] with 0 <= c <= n.
+    k: samples drawn (1 <= k <= n for every problem).
+
+  Returns:
+    [P] float64: probability that at least one of k samples drawn without replacement from
+    the n is correct. Exactly 1 when n - c < k.
+
+  Raises:
+    ValueError: k < 1, k > n for some problem, or c outside [0, n].
+  """
+  n = np.atleast_1d(np.asarray(num_samples, np.int64))
+  c = np.atleast_1d(np.asarray(num_correct, np.int64))
+  n, c = np.broadcast_arrays(n, c)
+  if k < 1:
+    raise ValueError(f"pass@k needs k >= 1, got k={k}")
+  if np.any(k > n):
+    raise ValueError(f"pass@{k} needs at least {k} samples per problem; the smallest n is "
+                     f"{int(n.min())}")
+  if np.any(c < 0) or np.any(c > n):
+    raise ValueError("num_correct must lie in [0, num_samples]")
+  i = np.arange(k)[None, :]
+  # Factors (n-c-i)/(n-i); once n-c-i <= 0 the product is 0 (a correct sample is certain).
+  factors = np.clip((n[:, None] - c[:, None] - i) / (n[:, None] - i), 0.0, None)
+  return 1.0 - np.prod(factors, axis=1)
+
+
+def pass_at_1(correct: np.ndarray) -> float:
+  """Mean over problems of the fraction of correct samples. correct: [P, n] {0,1} or float
+  scores (partial credit averages in)."""
+  correct = np.asarray(correct, np.float64)
+  return float(correct.mean(axis=1).mean())
+
+
+def _math_equivalent(a: str, b: str) -> bool:
+  from r1jax.rewards.accuracy import math_accuracy
+  try:
+    return math_accuracy(f"<answer>{b}</answer>", {"answer": a}) == 1.0
+  except ValueError:  # `a` does not parse as math: fall back to normalised text
+    return normalize_answer(a) == normalize_answer(b)
+
+
+def normalize_answer(answer: str) -> str:
+  """Whitespace-, case- and trailing-period-insensitive text form of an answer."""
+  return " ".join(answer.strip().rstrip(".").split()).lower()
+
+
+def majority_vote(answers: Sequence[Optional[str]],
+                  equivalent: Optional[Callable[[str, str], bool]] = None
+                  ) -> tuple[Optional[str], int]:
+  """Most frequent answer up to equivalence.
+
+  Answers are grouped greedily: each joins the first group whose representative (its first
+  member) it is equivalent to. The largest group wins; a tie goes to the group whose first
+  member came first (deterministic, independent of hashing). None (no extractable answer)
+  never votes.
+
+  Args:
+    answers: N extracted answers (str) or None.
+    equivalent: (a, b) -> bool; default: math equivalence (math_verify), falling back to
+      `normalize_answer` equality for answers that do not parse as math.
+
+  Returns:
+    (representative answer of the winning group, its vote count); (None, 0) if no answer.
+  """
+  eq = equivalent or _cached_math_equivalent
+  groups: list[list[str]] = []
+  for a in answers:
+    if a is None:
+      continue
+    for g in groups:
+      if normalize_answer(g[0]) == normalize_answer(a) or eq(g[0], a):
+        g.append(a)
+        break
+    else:
+      groups.append([a])
+  if not groups:
+    return None, 0
+  best = max(range(len(groups)), key=lambda i: (len(groups[i]), -i))
+  return groups[best][0], len(groups[best])
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_math_equivalent(a: str, b: str) -> bool:
+  return _math_equivalent(a, b)

@@ -1,0 +1,57 @@
+"""pass@k against brute-force enumeration; cons@N grouping, ties and normalisation."""
+import itertools
+
+import numpy as np
+import pytest
+
+from r1jax.eval import majority_vote, pass_at_1, pass_at_k
+
+
+def brute_force_pass_at_k(correct: list[int], k: int) -> float:
+  subsets = list(itertools.combinations(range(len(correct)), k))
+  return sum(any(correct[i] for i in s) for s in subsets) / len(subsets)
+
+
+def test_pass_at_k_matches_enumeration_over_all_subsets():
+  rng = np.random.RandomState(0)
+  for n in range(1, 9):
+    for c in range(n + 1):
+      correct = [1] * c + [0] * (n - c)
+      rng.shuffle(correct)
+      for k in range(1, n + 1):
+        got = pass_at_k(n, c, k)[0]
+        assert got == pytest.approx(brute_force_pass_at_k(correct, k), abs=1e-12), (n, c, k)
+
+
+def test_pass_at_k_vectorised_and_errors():
+  n = np.array([4, 8, 8])
+  c = np.array([0, 2, 8])
+  np.testing.assert_allclose(pass_at_k(n, c, 1), c / n)
+  np.testing.assert_allclose(pass_at_k(n, c, 4), [0.0, 1 - (6 * 5 * 4 * 3) / (8 * 7 * 6 * 5), 1.0])
+  with pytest.raises(ValueError, match="at least 5 samples"):
+    pass_at_k(n, c, 5)
+  with pytest.raises(ValueError, match="k >= 1"):
+    pass_at_k(n, c, 0)
+  with pytest.raises(ValueError, match="num_correct"):
+    pass_at_k([4], [5], 1)
+
+
+def test_pass_at_1_is_mean_correctness():
+  assert pass_at_1(np.array([[1, 0, 0, 1], [1, 1, 1, 1]])) == pytest.approx(0.75)
+
+
+def test_majority_vote_groups_equivalent_answers():
+  answer, count = majority_vote(["1/2", "3", "0.5", "\\frac{1}{2}", "3", None, None])
+  assert answer == "1/2" and count == 3
+  # Text answers fall back to normalised string equality.
+  assert majority_vote(["Yes", "no", "yes.", " YES "]) == ("Yes", 3)
+
+
+def test_majority_vote_ties_go_to_the_first_group_and_none_never_votes():
+  assert majority_vote(["7", "8", "8", "7"]) == ("7", 2)
+  assert majority_vote(["8", "7", "7", "8"]) == ("8", 2)
+  assert majority_vote([None, None]) == (None, 0)
+  assert majority_vote([]) == (None, 0)
+  # A custom equivalence relation.
+  same_parity = lambda a, b: int(a) % 2 == int(b) % 2
+  assert majority_vote(["1", "2", "3", "4", "5"], same_parity) == ("1", 3)
