@@ -8,6 +8,7 @@ import importlib
 STAGES = {
     "generate": "r1jax.stages.generate",
     "grpo": "r1jax.stages.grpo",
+    "eval": "r1jax.stages.eval",
 }
 
 

@@ -257,3 +257,54 @@ class PreemptionGuard:
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def load_run_params(run_dir: str, cfg, step: Optional[int] = None):
+  """Policy params of a training run's orbax checkpoint (latest, or `step`).
+
+  Args:
+    run_dir: the run directory (with checkpoints/) or its checkpoints/ directory itself.
+    cfg: the ModelConfig the run trained (its shapes are checked).
+    step: checkpoint step; None = the latest.
+
+  Returns:
+    (params tree, step).
+
+  Raises:
+    FileNotFoundError: no checkpoint there.
+    ValueError: the checkpoint's params do not match `cfg`.
+  """
+  from r1jax import models
+  directory = os.path.join(run_dir, "checkpoints")
+  if not os.path.isdir(directory):
+    directory = run_dir
+  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "extra"))
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  shapes = models.param_shapes(cfg)
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                       sharding=shd.replicated(
+                                                           shd.make_mesh({"data": 1},
+                                                                         jax.devices()[:1]))),
+                        shapes)
+  try:
+    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item={"params": target}, partial_restore=True)))
+  except Exception as e:  # orbax raises several types for structure/shape mismatches
+    raise ValueError(f"checkpoint {directory} step {step} does not match the model: {e}") from e
+  finally:
+    mngr.close()
+  params = out["state"]["params"]
+  for path, a in jax.tree_util.tree_flatten_with_path(params)[0]:
+    want = _tree_get(shapes, path)
+    if a.shape != want.shape:
+      raise ValueError(f"checkpoint param {jax.tree_util.keystr(path)} has shape {a.shape}, "
+                       f"the model expects {want.shape}")
+  return params, step
+
+
+def _tree_get(tree, path):
+  for k in path:
+    tree = tree[getattr(k, "key", getattr(k, "idx", None))]
+  return tree

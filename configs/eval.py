@@ -1,0 +1,56 @@
+"""Evaluation as the R1 paper reports it: pass@1 from n samples, pass@k, cons@n (stage `eval`).
+
+python -m r1jax.main --config=configs/eval.py                                  # default model
+python -m r1jax.main --config=configs/eval.py --config.checkpoint=runs/grpo    # a GRPO run
+python -m r1jax.main --config=configs/eval.py --config.datasets=/data/math500.jsonl \\
+    --config.template=chat_r1 --config.sampling.max_new_tokens=4096
+
+JSONL datasets: one record per line, {"prompt": question, "answer": final answer, ...}
+(MATH-500 / AIME layout: `problem`/`solution` files need their final answer extracted
+into "answer" first).
+"""
+from ml_collections import ConfigDict
+
+from r1jax.data.pipeline import default_data_config
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.stage = "eval"
+  # Model source (default model name, .gguf, HF dir); with `checkpoint`, the run's model
+  # source ("" = read it from <checkpoint>/config.json).
+  c.model = "smollm2-135m-instruct"
+  # A training run directory (or its checkpoints/ dir) whose policy to evaluate ("" = none).
+  c.checkpoint = ""
+  # Checkpoint step (-1 = latest).
+  c.checkpoint_step = -1
+  c.tokenizer = ""
+  c.dtype = "float32"
+  # Comma-separated: heldout (the GRPO held-out split of `data`), champ (270 competition
+  # problems of champ-dataset, the answer-checkable ones), or .jsonl paths.
+  c.datasets = "heldout,champ"
+  # The held-out split's settings: the same defaults as configs/grpo.py.
+  c.data = default_data_config()
+  c.data.template = "r1_zero_1shot"
+  c.data.max_prompt_tokens = 192
+  c.data.train_size = 2000
+  c.data.eval_size = 200
+  # Prompt template for every dataset.
+  c.template = "r1_zero_1shot"
+  # n: samples per problem; pass@k is reported for each k in pass_k (k <= n); cons@n too.
+  c.num_samples = 8
+  c.pass_k = "1,8"
+  c.sampling = ConfigDict()
+  c.sampling.temperature = 0.6  # the R1 paper's evaluation settings
+  c.sampling.top_p = 0.95
+  c.sampling.top_k = 0
+  c.sampling.max_new_tokens = 256
+  c.sampling.stop_strings = "</answer>"
+  # Problems per sampler call (each prefilled once for its n samples).
+  c.batch_size = 16
+  c.seed = 0
+  c.reward_workers = 2
+  c.reward_timeout_s = 10.0
+  # Report, per-problem records (resume reads them) and the config fingerprint go here.
+  c.out_dir = "runs/eval"
+  return c

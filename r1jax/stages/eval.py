@@ -1,0 +1,215 @@
+"""Stage `eval`: pass@1 from n samples, unbiased pass@k and cons@n, as the R1 paper reports
+them (R1_SPEC section 6), for a model source or a training run's checkpoint.
+
+For every problem: n samples (one prefill per problem, `Sampler` with num_samples = n),
+scored with the training verifier (`accuracy`, binary), answers extracted for the majority
+vote. Per-problem records go to `<out_dir>/records.jsonl` as they are produced, so a killed
+evaluation resumes from them; the report is `report.json` and `report.md`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm import tqdm
+
+from r1jax import models, sampling
+from r1jax.data import PromptData
+from r1jax.data.sources import jsonl_examples
+from r1jax.data.templates import render_prompt, response_prefix
+from r1jax.eval.metrics import majority_vote, pass_at_k
+from r1jax.rewards import RewardComputer, format_ok
+from r1jax.rewards.parsing import extract_answer
+from r1jax.tokenizer import Tokenizer
+
+# Config fields that change the records (resuming with other values would mix results).
+_RECORD_FIELDS = ("model", "checkpoint", "checkpoint_step", "template", "num_samples",
+                  "sampling", "seed")
+
+
+def _split(s: str) -> list[str]:
+  return [x for x in (p.strip() for p in s.split(",")) if x]
+
+
+def load_datasets(config, tok: Tokenizer) -> dict[str, list[dict]]:
+  """name -> examples. Names: "heldout" (the GRPO held-out split of config.data), "champ",
+  or a path to a JSONL file with prompt/answer records (MATH-500 / AIME layout)."""
+  out = {}
+  for name in _split(config.datasets):
+    if name == "heldout":
+      out[name] = PromptData(config.data, tok).eval_examples()
+    elif name == "champ":
+      from r1jax.data.champ import champ_examples
+      out[name] = champ_examples()
+    elif name.endswith((".jsonl", ".jsonl.gz")):
+      out[os.path.basename(name)] = jsonl_examples(name)
+    else:
+      raise ValueError(f"unknown eval dataset {name!r}: use heldout, champ or a .jsonl path")
+  return out
+
+
+def load_model(config):
+  """(ModelConfig, params, description) from config.model or a run's checkpoint."""
+  model = config.model
+  if config.checkpoint:
+    run_cfg = os.path.join(config.checkpoint, "config.json")
+    if not model and os.path.exists(run_cfg):
+      model = json.load(open(run_cfg))["model"]
+    if not model:
+      raise ValueError("eval of a checkpoint needs --config.model (the run's model source) "
+                       "when the run directory has no config.json")
+    from r1jax.train.trainer import load_run_params
+    cfg = models.load_config(model, dtype=config.dtype)
+    step = None if config.checkpoint_step < 0 else config.checkpoint_step
+    params, step = load_run_params(config.checkpoint, cfg, step)
+    return cfg, params, model, f"{config.checkpoint} @ step {step}"
+  cfg, params = models.from_pretrained(model, dtype=config.dtype)
+  return cfg, params, model, model
+
+
+def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
+  """Report figures of a list of per-problem records (all with the same n)."""
+  if not records:
+    return {"problems": 0}
+  correct = np.array([r["correct"] for r in records], np.float64)  # [P, n]
+  P, n = correct.shape
+  c = correct.sum(axis=1).astype(np.int64)
+  out = {"problems": P, "samples_per_problem": n, "pass@1": float(correct.mean())}
+  for k in ks:
+    if k <= n:
+      out[f"pass@{k}"] = float(pass_at_k(np.full(P, n), c, k).mean())
+  out[f"cons@{n}"] = float(np.mean([r["cons_correct"] for r in records]))
+  out["response_len_mean"] = float(np.mean([r["lengths"] for r in records]))
+  out["format_rate"] = float(np.mean([r["format_ok"] for r in records]))
+  out["truncation_rate"] = float(1 - np.mean([r["finished"] for r in records]))
+  return out
+
+
+def _markdown(report: dict) -> str:
+  rows = report["datasets"]
+  keys = [k for k in ("problems", "pass@1") if any(k in r for r in rows.values())]
+  extra = sorted({k for r in rows.values() for k in r if k.startswith(("pass@", "cons@"))}
+                 - set(keys), key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
+  keys += extra + ["response_len_mean", "format_rate", "truncation_rate"]
+  fmt = lambda k, v: (f"{100 * v:.1f} %" if k.startswith(("pass", "cons", "format", "trunc"))
+                      else f"{v:.1f}" if isinstance(v, float) else str(v))
+  lines = [f"# Evaluation of {report['model']}", "",
+           f"{report['samples_per_problem']} samples per problem, temperature "
+           f"{report['sampling']['temperature']}, top-p {report['sampling']['top_p']}, at most "
+           f"{report['sampling']['max_new_tokens']} new tokens; template {report['template']}; "
+           f"wall time {report['wall_s'] / 60:.1f} min.", "",
+           "| dataset | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+  for name, r in list(rows.items()) + [("overall", report["overall"])]:
+    lines.append(f"| {name} | " + " | ".join(fmt(k, r[k]) if k in r else "" for k in keys) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config) -> dict[str, Any]:
+  """Evaluate as configured; returns the report dict (also written to out_dir)."""
+  t0 = time.perf_counter()
+  n = config.num_samples
+  ks = [int(k) for k in _split(config.pass_k)]
+  if n < 1 or any(k < 1 or k > n for k in ks):
+    raise ValueError(f"num_samples={n} must be >= every k in pass_k={config.pass_k!r}")
+  os.makedirs(config.out_dir, exist_ok=True)
+  fingerprint = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
+                 for k in _RECORD_FIELDS}
+  fp_path = os.path.join(config.out_dir, "eval_config.json")
+  if os.path.exists(fp_path) and json.load(open(fp_path)) != fingerprint:
+    raise ValueError(f"{config.out_dir} holds records of another evaluation "
+                     f"({fp_path}); choose another --config.out_dir")
+  json.dump(fingerprint, open(fp_path, "w"), indent=2)
+
+  cfg, params, model_source, described = load_model(config)
+  tok = Tokenizer.from_source(config.tokenizer or model_source)
+  datasets = load_datasets(config, tok)
+  rec_path = os.path.join(config.out_dir, "records.jsonl")
+  done: dict[tuple[str, str], dict] = {}
+  if os.path.exists(rec_path):
+    kept = []
+    for line in open(rec_path):
+      try:
+        r = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a kill: that problem is redone
+        continue
+      done[(r["dataset"], r["id"])] = r
+      kept.append(line if line.endswith("\n") else line + "\n")
+    # Rewrite without the cut line (atomically), so appended records start on a fresh line.
+    with open(rec_path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(rec_path + ".tmp", rec_path)
+    logging.info("resuming: %d problems already evaluated in %s", len(done), rec_path)
+
+  prefix = response_prefix(config.template)
+  sp = sampling.SamplingParams(
+      temperature=config.sampling.temperature, top_p=config.sampling.top_p,
+      top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
+      stop_ids=tok.stop_ids,
+      stop_sequences=sampling.stop_sequences_for(tok, _split(config.sampling.stop_strings)))
+  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
+  rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,
+                           timeout_s=config.reward_timeout_s,
+                           fn_kwargs={"accuracy": {"binary": True}})
+  base_key = jax.random.key(config.seed)
+  total = sum(len(v) for v in datasets.values())
+  bar = tqdm(total=total, initial=sum(1 for k in done if k[0] in datasets), desc="eval",
+             unit="problem", mininterval=5)
+  try:
+    with open(rec_path, "a") as rec_file:
+      for name, examples in datasets.items():
+        todo = [ex for ex in examples if (name, ex["id"]) not in done]
+        for i in range(0, len(todo), config.batch_size):
+          chunk = todo[i:i + config.batch_size]
+          prompts = [tok.encode(render_prompt(ex["question"], config.template, tok))
+                     for ex in chunk]
+          for ex, p in zip(chunk, prompts):
+            if len(p) + sp.max_new_tokens > sampler.max_total_len:
+              raise ValueError(f"{name} problem {ex['id']}: prompt of {len(p)} tokens + "
+                               f"max_new_tokens={sp.max_new_tokens} exceeds the model's context "
+                               f"of {sampler.max_total_len} tokens")
+          # The key depends on the problem, not on the batch, so resumed runs sample the same.
+          key = jax.random.fold_in(base_key, int(hashlib.sha1(chunk[0]["id"].encode())
+                                                 .hexdigest()[:7], 16))
+          out = sampler(params, prompts, key, num_samples=n, sampling=sp)
+          texts = [[prefix + tok.decode(out.tokens[b, g, :out.lengths[b, g]])
+                    for g in range(n)] for b in range(len(chunk))]
+          res = rewards([t for ts in texts for t in ts], [ex for ex in chunk for _ in range(n)])
+          acc = res.per_function["accuracy"].reshape(len(chunk), n)
+          for b, ex in enumerate(chunk):
+            answers = [extract_answer(t) for t in texts[b]]
+            voted, votes = majority_vote(answers)
+            cons = float(acc[b][answers.index(voted)]) if voted is not None else 0.0
+            r = {"dataset": name, "id": ex["id"], "question": ex["question"],
+                 "answer": ex["answer"], "completions": texts[b], "extracted": answers,
+                 "correct": acc[b].tolist(), "voted": voted, "votes": votes,
+                 "cons_correct": cons, "lengths": out.lengths[b].tolist(),
+                 "finished": out.finished[b].tolist(),
+                 "format_ok": [format_ok(t) for t in texts[b]]}
+            rec_file.write(json.dumps(r) + "\n")
+            done[(name, ex["id"])] = r
+          rec_file.flush()
+          bar.update(len(chunk))
+          so_far = [r for r in done.values() if r["dataset"] in datasets]
+          bar.set_postfix({"pass@1": f"{np.mean([np.mean(r['correct']) for r in so_far]):.3f}"})
+  finally:
+    bar.close()
+    rewards.close()
+
+  per = {name: summarize([done[(name, ex["id"])] for ex in exs], ks)
+         for name, exs in datasets.items()}
+  overall = summarize([done[(name, ex["id"])] for name, exs in datasets.items() for ex in exs], ks)
+  report = {"model": described, "template": config.template, "samples_per_problem": n,
+            "sampling": config.sampling.to_dict(), "datasets": per, "overall": overall,
+            "wall_s": time.perf_counter() - t0}
+  json.dump(report, open(os.path.join(config.out_dir, "report.json"), "w"), indent=2)
+  md = _markdown(report)
+  open(os.path.join(config.out_dir, "report.md"), "w").write(md)
+  print(md)
+  return report
