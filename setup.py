@@ -26,6 +26,7 @@ setup(
         "sympy>=1.12",
         "math-verify>=0.7",
         "reasoning-gym>=0.1.20",
+        "champ-dataset>=1.0",
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "tensorboardX>=2.6",

@@ -14,8 +14,10 @@ from r1jax.data.sources import (jsonl_examples, read_jsonl, reasoning_gym_datase
 from r1jax.data.templates import (R1_SYSTEM_PROMPT, R1_ZERO_TEMPLATE, TEMPLATES, render_prompt)
 
 __all__ = [
-  "PromptData", "PromptIterator", "default_data_config",
+  "PromptData", "PromptIterator", "default_data_config", "champ_examples",
   "jsonl_examples", "read_jsonl", "reasoning_gym_dataset", "reasoning_gym_examples",
   "reasoning_gym_task_names",
   "R1_SYSTEM_PROMPT", "R1_ZERO_TEMPLATE", "TEMPLATES", "render_prompt",
 ]
+
+from r1jax.data.champ import champ_examples  # noqa: E402

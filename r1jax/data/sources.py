@@ -8,9 +8,9 @@ For reasoning-gym examples `task` is the dataset name and `metadata` is the entr
 so the reward side can call `reasoning_gym.create_dataset(task, ...).score_answer(answer,
 {"question": ..., "answer": ..., "metadata": ...})` (or `reasoning_gym.get_score_answer_fn(task)`).
 
-CHAMP (PyPI `champ-dataset`) is deliberately not a source: only 85 of its 270 answers are plain
-numbers, the rest are free-form text ("No", "0 is the only possible value", "C(n+1, 2m+1)") that a
-rule-based math verifier cannot check. Convert the usable ones to JSONL if wanted.
+CHAMP (PyPI `champ-dataset`, 270 competition problems) is an evaluation source in
+`r1jax.data.champ`: its free-text answers are normalised for math-verify there, and the 24
+that a rule-based verifier cannot check are marked unverifiable.
 """
 
 from __future__ import annotations
