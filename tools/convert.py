@@ -11,6 +11,8 @@ Quantised GGUF tensors are dequantised (the export is not smaller than the model
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import pathlib
 import sys
 import time
@@ -28,7 +30,9 @@ def main(argv=None) -> int:
   """
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("source", help=f"default model name ({', '.join(loading.DEFAULT_MODELS)}), "
-                  ".gguf file, or Hugging Face model directory")
+                  ".gguf file, Hugging Face model directory, or an r1jax training run "
+                  "directory (its latest checkpoint; --step for another)")
+  ap.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory")
   ap.add_argument("out_dir", help="output directory (created; model files in it are replaced)")
   ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                   help="tensor dtype of the export (default: float32)")
@@ -39,8 +43,19 @@ def main(argv=None) -> int:
 
   t0 = time.perf_counter()
   try:
-    # Load in the export dtype so no float32 copy of a large model is held needlessly.
-    cfg, params = loading.from_pretrained(args.source, param_dtype=args.dtype)
+    run_config = os.path.join(args.source, "config.json")
+    if os.path.isdir(os.path.join(args.source, "checkpoints")) and os.path.exists(run_config):
+      # An r1jax run: the model source from its config, the params from its checkpoint.
+      from r1jax.train.trainer import load_run_params
+      model_source = json.load(open(run_config))["model"]
+      cfg = loading.load_config(model_source)
+      params, step = load_run_params(args.source, cfg, args.step)
+      print(f"run {args.source}: checkpoint step {step} of {model_source}")
+      tokenizer_source = json.load(open(run_config)).get("tokenizer") or model_source
+    else:
+      # Load in the export dtype so no float32 copy of a large model is held needlessly.
+      cfg, params = loading.from_pretrained(args.source, param_dtype=args.dtype)
+      tokenizer_source = args.source
     out = loading.save_pretrained(cfg, params, args.out_dir, dtype=args.dtype,
                                   max_shard_bytes=args.max_shard_size)
   except (FileNotFoundError, ValueError) as e:
@@ -59,7 +74,7 @@ def main(argv=None) -> int:
       print(f"tokenizer: not exported (r1jax.tokenizer unavailable: {e})")
     else:
       before = {f: f.stat().st_mtime_ns for f in out.iterdir()}
-      from_source(args.source).save_pretrained(out)
+      from_source(tokenizer_source).save_pretrained(out)
       new = [f for f in sorted(out.iterdir()) if before.get(f) != f.stat().st_mtime_ns]
       for f in new:
         print(f"  wrote {f} ({f.stat().st_size:,} bytes)")
