@@ -204,3 +204,24 @@ def test_sharded_rollouts_equal_single_device(params):
   multi = sharded_sampler(tr_params, prompts, jax.random.key(5), num_samples=2, sampling=sp)
   np.testing.assert_array_equal(single.tokens, multi.tokens)
   np.testing.assert_allclose(single.logprobs, multi.logprobs, atol=1e-5)
+
+
+def _sorted_top_p_cutoff(logits, top_p):
+  """Reference: full sort of the vocabulary."""
+  s = -np.sort(-logits, axis=-1)
+  p = np.exp(s - s.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  keep = (np.cumsum(p, -1) - p) < top_p
+  return np.where(keep, s, np.inf).min(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 8.0])  # flat rows need the bisection path
+@pytest.mark.parametrize("top_p", [0.3, 0.9, 0.99])
+def test_top_p_cutoff_equals_full_sort(scale, top_p):
+  rng = np.random.RandomState(int(scale * 100) + int(top_p * 100))
+  logits = (rng.standard_normal((6, 3000)) * scale).astype(np.float32)
+  logits[0, :5] += 20.0  # a peaked row next to flat ones
+  got = np.asarray(sampling.top_p_cutoff(jnp.asarray(logits), top_p, candidates=64))
+  want = _sorted_top_p_cutoff(logits.astype(np.float64), top_p)
+  # Same kept set (compare the masks: cutoffs may differ inside a gap between logits).
+  np.testing.assert_array_equal(logits >= got, logits >= want)
