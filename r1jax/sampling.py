@@ -146,8 +146,42 @@ def sample_from_logits(logits: jax.Array, key: jax.Array, temperature: float, to
     masked = jnp.where(scaled < kth, -jnp.inf, masked)
   if top_p < 1.0:
     masked = jnp.where(masked < top_p_cutoff(masked, top_p), -jnp.inf, masked)
-  tok = jax.random.categorical(key, masked, axis=-1).astype(jnp.int32)
+  tok = categorical(key, masked)
   return tok, jnp.take_along_axis(logp, tok[..., None], axis=-1)[..., 0]
+
+
+def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Array:
+  """Sample from softmax(logits) [..., V] by two-level inverse CDF: one uniform per row.
+
+  jax.random.categorical draws V Gumbel variates per row (~0.27 s per step for 200 rows of
+  a 49k vocabulary on a CPU); here a row costs one uniform, block sums, and one cumsum over
+  `block` entries. -inf logits are never drawn.
+
+  Returns:
+    [...] int32 token ids.
+  """
+  shape, V = logits.shape[:-1], logits.shape[-1]
+  flat = logits.reshape(-1, V).astype(jnp.float32)
+  R = flat.shape[0]
+  C = min(block, V)
+  nb = -(-V // C)
+  p = jnp.exp(flat - jnp.max(flat, axis=-1, keepdims=True))
+  p = jnp.pad(p, ((0, 0), (0, nb * C - V)))
+  blocks = p.reshape(R, nb, C)
+  bsum = blocks.sum(axis=-1)  # [R, nb]
+  cb = jnp.cumsum(bsum, axis=-1)
+  u = jax.random.uniform(key, (R,), jnp.float32) * cb[:, -1]
+  rows = jnp.arange(R)
+  # First block whose cumulative mass exceeds u, among blocks with any mass.
+  b = jnp.argmax((cb > u[:, None]) & (bsum > 0), axis=-1)
+  u = u - (cb[rows, b] - bsum[rows, b])
+  inner = blocks[rows, b]  # [R, C]
+  ci = jnp.cumsum(inner, axis=-1)
+  j = jnp.argmax((ci > u[:, None]) & (inner > 0), axis=-1)
+  # Rounding can leave u >= the block's total: take its last token with mass.
+  last = C - 1 - jnp.argmax((inner > 0)[:, ::-1], axis=-1)
+  j = jnp.where(ci[rows, -1] > u, j, last)
+  return (b * C + j).astype(jnp.int32).reshape(shape)
 
 
 def stop_sequences_for(tokenizer, strings) -> tuple[tuple[int, ...], ...]:

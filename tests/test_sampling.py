@@ -225,3 +225,15 @@ def test_top_p_cutoff_equals_full_sort(scale, top_p):
   want = _sorted_top_p_cutoff(logits.astype(np.float64), top_p)
   # Same kept set (compare the masks: cutoffs may differ inside a gap between logits).
   np.testing.assert_array_equal(logits >= got, logits >= want)
+
+
+def test_categorical_matches_probabilities_and_never_draws_masked_tokens():
+  probs = np.array([0.5, 0.0, 0.2, 0.3, 0.0])
+  logits = jnp.log(jnp.asarray(probs, jnp.float32))
+  n = 100000
+  for block in (2, 3, 256):  # several blocks, ragged last block, one block
+    toks = jax.vmap(lambda k: sampling.categorical(k, logits, block=block))(
+        jax.random.split(jax.random.key(block), n))
+    freq = np.bincount(np.asarray(toks), minlength=5) / n
+    np.testing.assert_allclose(freq, probs, atol=0.01)
+    assert freq[1] == 0 and freq[4] == 0
