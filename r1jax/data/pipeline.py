@@ -79,7 +79,8 @@ def default_data_config() -> ConfigDict:
   return c
 
 
-def _split_list(s: str) -> list[str]:
+def split_list(s: str) -> list[str]:
+  """Non-empty, stripped items of a comma-separated config string ("a, b," -> ["a", "b"])."""
   return [x.strip() for x in str(s).split(",") if x.strip()]
 
 
@@ -165,8 +166,8 @@ class PromptData:
     self._max_tokens = int(cfg["max_prompt_tokens"])
     self._cache: dict[str, tuple[str, np.ndarray]] = {}
 
-    tasks = _split_list(cfg["tasks"])
-    files = _split_list(cfg["jsonl"])
+    tasks = split_list(cfg["tasks"])
+    files = split_list(cfg["jsonl"])
     names = tasks + [f"jsonl:{p}" for p in files]
     if not names:
       raise ValueError("no prompt sources: set data.tasks and/or data.jsonl")
@@ -255,7 +256,7 @@ class PromptData:
     if not str(spec).strip():
       return None
     try:
-      weights = [float(w) for w in _split_list(spec)]
+      weights = [float(w) for w in split_list(spec)]
     except ValueError:
       raise ValueError(f"data.weights must be comma-separated numbers, got {spec!r}") from None
     if len(weights) != n or any(not w > 0 for w in weights):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from r1jax import models, sampling
 from r1jax.data import PromptData
+from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
 from r1jax.data.templates import render_prompt, response_prefix
 from r1jax.eval.metrics import majority_vote, pass_at_k
@@ -34,15 +35,11 @@ _RECORD_FIELDS = ("model", "checkpoint", "checkpoint_step", "template", "num_sam
                   "sampling", "seed")
 
 
-def _split(s: str) -> list[str]:
-  return [x for x in (p.strip() for p in s.split(",")) if x]
-
-
 def load_datasets(config, tok: Tokenizer) -> dict[str, list[dict]]:
   """name -> examples. Names: "heldout" (the GRPO held-out split of config.data), "champ",
   or a path to a JSONL file with prompt/answer records (MATH-500 / AIME layout)."""
   out = {}
-  for name in _split(config.datasets):
+  for name in split_list(config.datasets):
     if name == "heldout":
       out[name] = PromptData(config.data, tok).eval_examples()
     elif name == "champ":
@@ -115,7 +112,7 @@ def run(config) -> dict[str, Any]:
   """Evaluate as configured; returns the report dict (also written to out_dir)."""
   t0 = time.perf_counter()
   n = config.num_samples
-  ks = [int(k) for k in _split(config.pass_k)]
+  ks = [int(k) for k in split_list(config.pass_k)]
   if n < 1 or any(k < 1 or k > n for k in ks):
     raise ValueError(f"num_samples={n} must be >= every k in pass_k={config.pass_k!r}")
   os.makedirs(config.out_dir, exist_ok=True)
@@ -152,7 +149,7 @@ def run(config) -> dict[str, Any]:
       temperature=config.sampling.temperature, top_p=config.sampling.top_p,
       top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
       stop_ids=tok.stop_ids,
-      stop_sequences=sampling.stop_sequences_for(tok, _split(config.sampling.stop_strings)))
+      stop_sequences=sampling.stop_sequences_for(tok, split_list(config.sampling.stop_strings)))
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
   rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,
                            timeout_s=config.reward_timeout_s,

@@ -24,6 +24,7 @@ from kernels.logprob import token_logprobs
 from r1jax import models, sampling
 from r1jax import sharding as shd
 from r1jax.data import PromptData
+from r1jax.data.pipeline import split_list
 from r1jax.data.templates import response_prefix
 from r1jax.losses import grpo as grpo_lib
 from r1jax.models.config import ModelConfig, tiny_config
@@ -265,7 +266,7 @@ def run(config) -> dict[str, Any]:
                           chunk_size=rl.logprob_chunk_size)
   ref_fn = logprob_fn if gcfg.beta > 0 else None
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh)
-  stop_seqs = sampling.stop_sequences_for(tok, _split(rl.stop_strings))
+  stop_seqs = sampling.stop_sequences_for(tok, split_list(rl.stop_strings))
   sp = sampling.SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                                max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
                                stop_sequences=stop_seqs)
@@ -386,10 +387,6 @@ def run(config) -> dict[str, Any]:
   logging.info("done: %s", json.dumps({k: v for k, v in last.items()
                                        if isinstance(v, (int, float))})[:3000])
   return last
-
-
-def _split(s: str) -> list[str]:
-  return [x for x in (p.strip() for p in s.split(",")) if x]
 
 
 def _optim_with_steps(config):
