@@ -158,14 +158,16 @@ def _parse_record(line: bytes, lineno: int, name: str) -> dict:
     raise ValueError(f'"prompt" must be a string, got {type(prompt).__name__}')
   if not prompt.strip():
     raise ValueError('empty "prompt"')
-  if "answer" not in rec or rec["answer"] is None:
+  # Code problems (task "code") are judged by their tests (r1jax.rewards.code): no answer.
+  is_code = rec.get("task") == "code"
+  if ("answer" not in rec or rec["answer"] is None) and not is_code:
     raise ValueError('missing "answer"')
-  answer = rec["answer"]
+  answer = "" if rec.get("answer") is None else rec["answer"]
   # bool is an int subclass but never a meaningful answer.
   if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
     raise ValueError(f'"answer" must be a string or a number, got {type(answer).__name__}')
   answer = answer if isinstance(answer, str) else str(answer)
-  if not answer.strip():
+  if not answer.strip() and not is_code:
     raise ValueError('empty "answer"')
   task = rec.get("task", "math")
   if not isinstance(task, str) or not task.strip():
@@ -227,7 +229,8 @@ def jsonl_examples(path: str | os.PathLike, *, on_error: str = "raise") -> list[
 
   Each non-blank line is a JSON object with
     "prompt" (non-empty str, required) -> question,
-    "answer" (non-empty str, or a number converted with str(); required),
+    "answer" (non-empty str, or a number converted with str(); required except for
+      task "code", whose tests live in metadata: see r1jax.rewards.code),
     "task" (str, optional, default "math"),
     "id" (str or int, optional, default "{file name}:{line}"),
     "metadata" (object, optional); any other field is added to metadata (an explicit metadata

@@ -199,7 +199,9 @@ class RewardComputer:
       debugging and tests).
     timeout_s: per (sample, function) deadline in seconds, measured from when the worker
       starts that pair; None disables. A pair that misses it scores 0, sets timed_out, is
-      logged, and its worker is killed and respawned.
+      logged, and its worker is killed and respawned. Rewards with their own limits (the
+      `code` reward's per-sample budget, math_verify's timeout) should stay about 1 s
+      below it, so that a slow sample ends as a clean 0 inside the worker.
     fn_kwargs: name -> extra keyword arguments of that function (e.g.
       {"format": {"full": 1.0, "partial": 0.5}}); must be picklable.
     chunk_size: samples per chunk sent to a worker (default: N / (4 * num_workers), at
@@ -346,6 +348,22 @@ class RewardComputer:
       self.close()
     except Exception:  # pylint: disable=broad-except
       pass
+
+  def stats(self) -> dict[str, int]:
+    """Cumulative counters since construction, for metrics.
+
+    Returns:
+      {"timeouts": pairs that missed the deadline, "errors": pairs that raised or whose
+      worker died, "worker_crashes": workers that exited while scoring, "worker_restarts":
+      workers replaced (timeouts and crashes), "timeouts/<name>": per function}.
+    """
+    out = {"timeouts": sum(self.timeout_counts.values()),
+           "errors": sum(self.error_counts.values()),
+           "worker_crashes": sum(v for (_, kind), v in self.error_counts.items()
+                                 if kind == "WorkerDied"),
+           "worker_restarts": self.restarts}
+    out.update({f"timeouts/{n}": c for n, c in self.timeout_counts.items()})
+    return out
 
   def _check_open(self) -> None:
     if self._closed:

@@ -16,6 +16,8 @@ from typing import Callable, Optional
 
 from r1jax.rewards.accuracy import accuracy as _accuracy
 from r1jax.rewards.accuracy import warmup as _accuracy_warmup
+from r1jax.rewards.code import code_reward as _code_reward
+from r1jax.rewards.code import warmup as _code_warmup
 from r1jax.rewards.format import format_reward as _format_reward
 
 RewardFn = Callable[..., float]
@@ -91,3 +93,4 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
 
 register("accuracy", warmup=_accuracy_warmup)(_accuracy)
 register("format")(_format_reward)
+register("code", warmup=_code_warmup)(_code_reward)
