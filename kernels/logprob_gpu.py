@@ -1,0 +1,132 @@
+"""Triton (GPU) Pallas forward of the fused log-prob: one program per token tile, an
+in-kernel loop over vocabulary tiles with an online logsumexp.
+
+Each program owns bn tokens. For each vocabulary tile of bv columns it accumulates the
+[bn, bv] logits over the hidden dimension in chunks of bd (Triton tensors must have
+power-of-two shapes; hidden sizes such as 576 or 1536 are not), then updates four
+[bn] float32 statistics held in registers: running max m, s = sum exp(l - m),
+u = sum exp(l - m) * (l - m) (entropy) and the target logit t. The vocabulary and hidden edges
+use masked loads (no padded copy of the [D, V] LM head); tokens are padded to a multiple
+of bn (cheap: [N, D]). The backward pass is the token-chunked recompute in
+kernels/logprob.py.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+DEFAULT_BLOCK_TOKENS = 64
+DEFAULT_BLOCK_VOCAB = 128
+BLOCK_HIDDEN = 64
+
+
+def _is_pow2(x: int) -> bool:
+  return x > 0 and x & (x - 1) == 0
+
+
+def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidden: int,
+            block_tokens: int, block_vocab: int, block_hidden: int, inv_temperature: float):
+  bn, bv, bd = block_tokens, block_vocab, block_hidden
+  y = y_ref[...]  # [bn]
+  n_d = pl.cdiv(hidden, bd)
+  d_edge = hidden % bd != 0  # static: only then are hidden-dimension masks needed
+
+  def logits_tile(j):
+    cols = j * bv + jnp.arange(bv)
+    vmask = cols < vocab
+
+    def d_step(k, acc):
+      rows = k * bd + jnp.arange(bd)
+      if d_edge:
+        dmask = rows < hidden
+        hk = plgpu.load(h_ref.at[:, pl.ds(k * bd, bd)], mask=dmask[None, :], other=0.0)
+        wk = plgpu.load(w_ref.at[pl.ds(k * bd, bd), pl.ds(j * bv, bv)],
+                        mask=dmask[:, None] & vmask[None, :], other=0.0)
+      else:
+        hk = h_ref[:, pl.ds(k * bd, bd)]
+        wk = plgpu.load(w_ref.at[pl.ds(k * bd, bd), pl.ds(j * bv, bv)],
+                        mask=vmask[None, :], other=0.0)
+      return acc + pl.dot(hk, wk)
+
+    acc = jax.lax.fori_loop(0, n_d, d_step, jnp.zeros((bn, bv), jnp.float32))
+    return acc * inv_temperature, cols, vmask
+
+  def v_step(j, carry):
+    m, s, u, t = carry
+    logits, cols, vmask = logits_tile(j)
+    logits = jnp.where(vmask[None, :], logits, -jnp.inf)
+    t = t + jnp.sum(jnp.where(cols[None, :] == y[:, None], logits, 0.0), axis=1)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=1))
+    alpha = jnp.exp(m - m_new)
+    e = jnp.exp(logits - m_new[:, None])
+    # u is relative to the running max (see logprob_tpu.py); guarded on the first tile.
+    shift = jnp.where(s > 0, (m - m_new) * s, 0.0)
+    u = alpha * (u + shift) + jnp.sum(
+        e * jnp.where(vmask[None, :], logits - m_new[:, None], 0.0), axis=1)
+    s = alpha * s + jnp.sum(e, axis=1)
+    return m_new, s, u, t
+
+  zeros = jnp.zeros((bn,), jnp.float32)
+  m, s, u, t = jax.lax.fori_loop(0, pl.cdiv(vocab, bv), v_step,
+                                 (zeros - jnp.inf, zeros, zeros, zeros))
+  lse = m + jnp.log(s)
+  lse_ref[...] = lse
+  logp_ref[...] = t - lse
+  ent_ref[...] = jnp.log(s) - u / s
+
+
+@functools.partial(jax.jit, static_argnames=("temperature", "block_tokens", "block_vocab",
+                                             "interpret", "num_warps", "num_stages"))
+def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
+            temperature: float = 1.0, block_tokens: int = 0, block_vocab: int = 0,
+            interpret: bool = False, num_warps: int = 4, num_stages: int = 3):
+  """(logp, entropy, lse), each [N] float32, of softmax(hidden @ lm_head / temperature).
+
+  Args:
+    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32.
+    temperature: > 0.
+    block_tokens: bn, a power of two >= 16 (0 = 64). block_vocab: bv, a power of two
+      >= 16 (0 = 128). The hidden dimension is read in chunks of 64.
+    interpret: run in Pallas interpret mode (on CPU, for tests).
+    num_warps, num_stages: Triton launch / software-pipelining settings.
+
+  Raises:
+    ValueError: tiles that are not powers of two >= 16 (tl.dot's minimum).
+  """
+  N, D = hidden.shape
+  V = lm_head.shape[1]
+  bn = block_tokens or DEFAULT_BLOCK_TOKENS
+  bv = block_vocab or DEFAULT_BLOCK_VOCAB
+  bd = min(BLOCK_HIDDEN, pl.next_power_of_2(D))
+  for name, b in (("block_tokens", bn), ("block_vocab", bv)):
+    if not _is_pow2(b) or b < 16:
+      raise ValueError(f"Triton tiles must be powers of two >= 16, got {name}={b}")
+  n_tiles = pl.cdiv(N, bn)
+  Np = n_tiles * bn
+  if Np != N:
+    hidden = jnp.pad(hidden, ((0, Np - N), (0, 0)))
+    targets = jnp.pad(targets, (0, Np - N))
+  kernel = functools.partial(_kernel, vocab=V, hidden=D, block_tokens=bn, block_vocab=bv,
+                             block_hidden=bd, inv_temperature=1.0 / temperature)
+  stat = jax.ShapeDtypeStruct((Np,), jnp.float32)
+  stat_spec = pl.BlockSpec((bn,), lambda i: (i,))
+  logp, ent, lse = pl.pallas_call(
+      kernel,
+      out_shape=(stat, stat, stat),
+      grid=(n_tiles,),
+      in_specs=[pl.BlockSpec((bn,), lambda i: (i,)),
+                pl.BlockSpec((bn, D), lambda i: (i, 0)),
+                pl.BlockSpec((D, V), lambda i: (0, 0))],
+      out_specs=(stat_spec, stat_spec, stat_spec),
+      compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
+      cost_estimate=pl.CostEstimate(flops=2 * Np * D * V, transcendentals=Np * V,
+                                    bytes_accessed=(D * V + Np * D) * hidden.dtype.itemsize),
+      interpret=interpret,
+      name="fused_logprob_fwd",
+  )(targets.astype(jnp.int32), hidden, lm_head)
+  return logp[:N], ent[:N], lse[:N]

@@ -1,0 +1,233 @@
+"""Fused log-prob / entropy / KL (kernels/): every implementation against a naive
+log_softmax reference written here, values and gradients; Pallas kernels in interpret mode;
+their TPU (Mosaic) and GPU (Triton) lowerings; the memory bound of forward + backward."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import export
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from kernels import logprob as K
+from kernels import logprob_gpu, logprob_tpu
+
+N, D, V = 96, 128, 1031  # divides no block: 1031 = 8 * 128 + 7 (partial last vocab tile)
+IMPLS = ["chunked", "pallas_tpu", "pallas_gpu"]
+
+
+def _inputs(seed=0, n=N, d=D, v=V, scale=1.0, dtype=jnp.float32):
+  k = jax.random.split(jax.random.key(seed), 6)
+  h = (jax.random.normal(k[0], (n, d)) * scale).astype(dtype)
+  w = (jax.random.normal(k[1], (d, v)) / np.sqrt(d)).astype(dtype)
+  y = jax.random.randint(k[2], (n,), 0, v)
+  y = y.at[: n // 4].set(jax.random.randint(k[3], (n // 4,), (v // 128) * 128, v))  # last tile
+  ref = jax.random.normal(k[4], (n,)) - 7.0
+  mask = jax.random.bernoulli(k[5], 0.8, (n,)).astype(jnp.float32)
+  return h, w, y, ref, mask
+
+
+def naive(h, w, y, temperature, ref=None, mask=None):
+  """Reference: full float32 logits, log_softmax, explicit entropy and k3 KL."""
+  logits = jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32),
+                   precision=jax.lax.Precision.HIGHEST) / temperature
+  logsm = jax.nn.log_softmax(logits, axis=-1)
+  logp = logsm[jnp.arange(h.shape[0]), y]
+  ent = -jnp.sum(jnp.exp(logsm) * logsm, axis=-1)
+  kl = None if ref is None else jnp.exp(ref - logp) - (ref - logp) - 1.0
+  if mask is not None:
+    logp, ent = logp * mask, ent * mask
+    kl = None if kl is None else kl * mask
+  return logp, ent, kl
+
+
+def _objective(outs, coefs):
+  return sum(jnp.sum(c * o) for c, o in zip(coefs, outs) if o is not None)
+
+
+def _fused_fn(impl, temperature, *, entropy, kl, mask, **kw):
+  def f(h, w, y, ref, m):
+    o = K.fused_logprob(h, w, y, temperature=temperature, return_entropy=entropy,
+                        ref_logprob=ref if kl else None, mask=m if mask else None,
+                        impl=impl, **kw)
+    return o.logprob, o.entropy, o.kl
+  return f
+
+
+def _naive_fn(temperature, *, entropy, kl, mask):
+  def f(h, w, y, ref, m):
+    lp, ent, k = naive(h, w, y, temperature, ref if kl else None, m if mask else None)
+    return lp, ent if entropy else None, k
+  return f
+
+
+def _check(impl, temperature, *, entropy, kl, mask, inputs, atol, grad_atol, **kw):
+  h, w, y, ref, m = inputs
+  fused = _fused_fn(impl, temperature, entropy=entropy, kl=kl, mask=mask, **kw)
+  ref_fn = _naive_fn(temperature, entropy=entropy, kl=kl, mask=mask)
+  got, want = fused(h, w, y, ref, m), ref_fn(h, w, y, ref, m)
+  for g, r in zip(got, want):
+    assert (g is None) == (r is None)
+    if g is not None:
+      assert g.dtype == jnp.float32 and g.shape == (h.shape[0],)
+      np.testing.assert_allclose(g, r, atol=atol, rtol=atol)
+  coefs = [jax.random.normal(jax.random.key(i + 10), (h.shape[0],)) for i in range(3)]
+  gf = jax.grad(lambda h, w: _objective(fused(h, w, y, ref, m), coefs), argnums=(0, 1))(h, w)
+  gr = jax.grad(lambda h, w: _objective(ref_fn(h, w, y, ref, m), coefs), argnums=(0, 1))(
+      h.astype(jnp.float32), w.astype(jnp.float32))
+  for a, b in zip(gf, gr):
+    assert a.dtype == h.dtype
+    # Absolute error relative to the gradient's scale (x100 logits give entries in the
+    # hundreds next to entries near 0).
+    scale = max(1.0, float(np.abs(b).max()))
+    np.testing.assert_allclose(np.asarray(a, np.float32), b, atol=grad_atol * scale,
+                               rtol=grad_atol)
+  return got
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_logprob_only_matches_naive(impl):
+  _check(impl, 1.0, entropy=False, kl=False, mask=False, inputs=_inputs(), atol=2e-5,
+         grad_atol=2e-5, chunk_size=40, block_tokens=32 if impl == "pallas_gpu" else 0,
+         block_vocab=128)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_entropy_kl_mask_temperature_match_naive(impl):
+  got = _check(impl, 0.7, entropy=True, kl=True, mask=True, inputs=_inputs(1), atol=2e-5,
+               grad_atol=2e-5, chunk_size=1000, block_tokens=16, block_vocab=256)
+  _, _, _, _, m = _inputs(1)
+  assert np.all(np.asarray(got[0])[np.asarray(m) == 0] == 0)  # masked: exactly 0
+  assert np.all(np.asarray(got[2]) >= -1e-6)  # k3 >= 0
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_large_logits_do_not_overflow(impl):
+  inputs = _inputs(2, scale=100.0)  # |logits| in the hundreds: exp() would overflow
+  # (No KL here: pi_ref / pi_theta itself is e^hundreds for these log-probs.)
+  # fp32 logits in the hundreds carry ~1e-4 absolute rounding (summation order differs
+  # between the kernel and XLA's dot): tolerances scale with that.
+  got = _check(impl, 1.0, entropy=True, kl=False, mask=False, inputs=inputs, atol=1e-3,
+               grad_atol=5e-4, chunk_size=32)
+  assert np.abs(np.asarray(got[0])).max() > 50  # the logits really are huge
+  assert all(np.isfinite(np.asarray(g)).all() for g in got if g is not None)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bfloat16_inputs(impl):
+  inputs = _inputs(3, dtype=jnp.bfloat16)
+  # Forward: bf16 products are exact in f32 accumulation (tight); backward casts d logits
+  # to bf16 for the matmuls (as all bf16 training does): looser.
+  _check(impl, 1.0, entropy=True, kl=False, mask=False, inputs=inputs, atol=1e-4,
+         grad_atol=3e-2, chunk_size=64)
+
+
+def test_sharded_pallas_forward_equals_unsharded():
+  h, w, y, _, _ = _inputs(4)
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
+  axes = ("data", "fsdp")
+  f = lambda h, w, y: K.fused_logprob(h, w, y, impl="pallas_tpu", return_entropy=True,
+                                      mesh=mesh, token_axes=axes)
+  tok = NamedSharding(mesh, P(axes))
+  got = jax.jit(f)(jax.device_put(h, NamedSharding(mesh, P(axes, None))),
+                   jax.device_put(w, NamedSharding(mesh, P("fsdp", None))),
+                   jax.device_put(y, tok))
+  want = naive(h, w, y, 1.0)
+  np.testing.assert_allclose(got.logprob, want[0], atol=2e-5)
+  np.testing.assert_allclose(got.entropy, want[1], atol=2e-5)
+  g = jax.grad(lambda h, w: jnp.sum(f(h, w, y).logprob))(h, w)
+  g_ref = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]))(h, w)
+  np.testing.assert_allclose(g, g_ref, atol=2e-5)
+
+
+def test_token_logprobs_batched_form():
+  h, w, y, _, _ = _inputs(5)
+  lp, ent = K.token_logprobs(h.reshape(8, 12, D), w, y.reshape(8, 12), temperature=0.9,
+                             chunk_size=7)
+  want = naive(h, w, y, 0.9)
+  np.testing.assert_allclose(lp.reshape(-1), want[0], atol=2e-5)
+  np.testing.assert_allclose(ent.reshape(-1), want[1], atol=2e-5)
+
+
+@pytest.mark.parametrize("kernel,platform,call", [
+    (logprob_tpu, "tpu", "tpu_custom_call"),
+    (logprob_gpu, "cuda", "__gpu$xla.gpu.triton"),
+])
+def test_pallas_kernels_lower_for_tpu_and_gpu(kernel, platform, call):
+  """Mosaic / Triton lowering on this CPU machine (cross-platform export): block shapes,
+  tiling rules and every op in the kernel body must be accepted by the backend's Pallas
+  lowering. (Compiling the emitted kernel needs the accelerator.)"""
+  for n, d, v, dt in [(96, 128, 1031, jnp.float32), (4096, 576, 49152, jnp.bfloat16),
+                      (16384, 1536, 151936, jnp.bfloat16)]:
+    args = (jax.ShapeDtypeStruct((n, d), dt), jax.ShapeDtypeStruct((d, v), dt),
+            jax.ShapeDtypeStruct((n,), jnp.int32))
+    f = jax.jit(lambda h, w, y: kernel.forward(h, w, y, temperature=0.7))
+    exp = export.export(f, platforms=[platform],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
+    assert call in exp.mlir_module()
+
+
+def test_fwd_bwd_memory_far_below_naive():
+  """XLA's buffer assignment of the compiled forward + backward (nothing is run)."""
+  n, d, v = 4096, 64, 32768
+  args = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((d, v), jnp.float32),
+          jax.ShapeDtypeStruct((n,), jnp.int32))
+
+  def temp_bytes(impl):
+    loss = lambda h, w, y: jnp.sum(K.fused_logprob(h, w, y, impl=impl, chunk_size=256,
+                                                   return_entropy=True).logprob)
+    c = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(*args).compile()
+    return c.memory_analysis().temp_size_in_bytes
+
+  naive_b, chunked_b = temp_bytes("naive"), temp_bytes("chunked")
+  assert naive_b >= n * v * 4  # at least one [N, V] float32 buffer
+  assert chunked_b * 10 <= naive_b, (chunked_b, naive_b)
+
+
+def test_dispatch_and_errors():
+  assert K.resolve_impl("auto", "cpu") == "chunked"
+  assert K.resolve_impl("auto", "tpu") == "pallas_tpu"
+  assert K.resolve_impl("auto", "gpu") == "pallas_gpu"
+  assert K.resolve_impl("pallas", "cpu") == "pallas_tpu"
+  assert K.resolve_impl("naive", "gpu") == "naive"
+  h, w, y, _, _ = _inputs()
+  with pytest.raises(ValueError, match="logprob_impl"):
+    K.fused_logprob(h, w, y, impl="fast")
+  with pytest.raises(ValueError, match="do not match"):
+    K.fused_logprob(h, w.T, y)
+  with pytest.raises(ValueError, match="temperature"):
+    K.fused_logprob(h, w, y, temperature=0.0)
+  with pytest.raises(ValueError, match="mask"):
+    K.fused_logprob(h, w, y, mask=jnp.ones(3))
+  with pytest.raises(ValueError, match="multiples of"):
+    logprob_tpu.forward(h, w, y, block_vocab=100)
+  with pytest.raises(ValueError, match="powers of two"):
+    logprob_gpu.forward(h, w, y, block_vocab=96)
+
+
+def test_grpo_log_probs_same_with_every_impl():
+  """The GRPO stage's completion log-probs (tiny model) through each implementation."""
+  from r1jax import models
+  from r1jax.models.config import tiny_config
+  from r1jax.stages.grpo import completion_logprobs
+  cfg = tiny_config(vocab_size=300)
+  params = models.init_params(cfg, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  mb = {"prompt_tokens": jnp.asarray(rng.integers(0, 300, (2, 8)), jnp.int32),
+        "prompt_lengths": jnp.asarray([8, 5], jnp.int32),
+        "completion": jnp.asarray(rng.integers(0, 300, (2, 3, 6)), jnp.int32)}
+
+  def run(impl):
+    kern = dict(impl=impl, chunk_size=16, block_tokens=0, block_vocab=0)
+    f = lambda p: completion_logprobs(p, cfg, mb, temperature=0.8, kernel=kern, remat=False)
+    (lp, ent), vjp = jax.vjp(f, params)
+    (g,) = vjp((jnp.ones_like(lp), jnp.ones_like(ent)))
+    return lp, ent, g
+
+  want = run("naive")
+  for impl in ("chunked", "pallas_tpu"):
+    got = run(impl)
+    np.testing.assert_allclose(got[0], want[0], atol=2e-5)
+    np.testing.assert_allclose(got[1], want[1], atol=2e-5)
+    for a, b in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
+      np.testing.assert_allclose(a, b, atol=2e-5)

@@ -1,0 +1,156 @@
+"""Benchmark of the fused per-token log-prob (kernels/logprob.py) against the naive
+log_softmax of full [N, V] logits, measured in the same run.
+
+For each N x D x V it compiles forward and forward+backward (d hidden, d lm_head) of each
+implementation and reports
+  - peak memory: XLA's buffer assignment of the compiled program (arguments + outputs +
+    temporaries, from `compiled.memory_analysis()`; nothing has to run, so it is reported
+    even where the naive program would not fit in memory);
+  - time (median of --reps runs after a warm-up) where the work fits --max-tflop and the
+    program fits --max-mem-gb; TFLOP/s counted as 2NDV forward and 8NDV forward+backward;
+  - ratios against naive (memory, time).
+On CPU the implementations are naive and chunked; on a GPU/TPU also pallas.
+
+  python tools/bench_logprob.py                        # the issue's grid (CPU: times where cheap)
+  python tools/bench_logprob.py --n 4096 --d 576 --v 49152 --impls naive,chunked
+
+The last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+
+from kernels import logprob as K
+
+
+def _parse_ints(s):
+  return [int(x) for x in s.split(",") if x]
+
+
+def _compiled(impl, n, d, v, dtype, chunk, backward):
+  args = (jax.ShapeDtypeStruct((n, d), dtype), jax.ShapeDtypeStruct((d, v), dtype),
+          jax.ShapeDtypeStruct((n,), jnp.int32))
+
+  def fwd(h, w, y):
+    o = K.fused_logprob(h, w, y, impl=impl, chunk_size=chunk, return_entropy=True)
+    return o.logprob, o.entropy
+
+  if backward:
+    def loss(h, w, y):
+      lp, ent = fwd(h, w, y)
+      return jnp.sum(lp) + 0.01 * jnp.sum(ent)
+    fn = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  else:
+    fn = jax.jit(fwd)
+  return fn, fn.lower(*args).compile()
+
+
+def _peak_bytes(compiled):
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+             m.alias_size_in_bytes)
+
+
+def _time(fn, n, d, v, dtype, reps):
+  k = jax.random.split(jax.random.key(0), 3)
+  h = jax.random.normal(k[0], (n, d), dtype)
+  w = (jax.random.normal(k[1], (d, v), jnp.float32) / d ** 0.5).astype(dtype)
+  y = jax.random.randint(k[2], (n,), 0, v)
+  jax.block_until_ready(fn(h, w, y))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(h, w, y))
+    times.append(time.perf_counter() - t0)
+  del h, w, y
+  return statistics.median(times)
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--n", default="4096,16384")
+  ap.add_argument("--d", default="576,1536,4096")
+  ap.add_argument("--v", default="49152,151936")
+  ap.add_argument("--impls", default="", help="default: naive,chunked (+pallas off CPU)")
+  ap.add_argument("--dtype", default="", help="default: float32 on CPU, bfloat16 elsewhere")
+  ap.add_argument("--chunk", type=int, default=1024, help="tokens per chunk (chunked / bwd)")
+  ap.add_argument("--reps", type=int, default=3)
+  ap.add_argument("--max-tflop", type=float, default=-1.0,
+                  help="time only where 8NDV <= this (default: 0.5 on CPU, unlimited else)")
+  ap.add_argument("--max-mem-gb", type=float, default=-1.0,
+                  help="time only programs whose peak fits (default: 60%% of RAM / device)")
+  a = ap.parse_args()
+
+  backend = jax.default_backend()
+  dev = jax.devices()[0]
+  impls = a.impls.split(",") if a.impls else (
+      ["naive", "chunked"] + ([] if backend == "cpu" else ["pallas"]))
+  dtype = jnp.dtype(a.dtype or ("float32" if backend == "cpu" else "bfloat16"))
+  max_tflop = a.max_tflop if a.max_tflop >= 0 else (0.5 if backend == "cpu" else 1e9)
+  if a.max_mem_gb >= 0:
+    max_mem = a.max_mem_gb * 2 ** 30
+  else:
+    stats = dev.memory_stats() if backend != "cpu" else None
+    total = (stats or {}).get("bytes_limit") or (
+        os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    max_mem = 0.6 * total
+
+  print(f"device: {dev.device_kind} ({backend}), dtype {dtype.name}, chunk {a.chunk}, "
+        f"timing where 8NDV <= {max_tflop:g} TFLOP and peak <= {max_mem / 2**30:.1f} GiB")
+  print(f"{'N':>6} {'D':>5} {'V':>7} {'impl':>8} | {'fwd MiB':>9} {'f+b MiB':>9} | "
+        f"{'fwd ms':>9} {'f+b ms':>9} | {'fwd TF/s':>8} {'f+b TF/s':>8} | mem/naive  time/naive")
+  results = []
+  for n in _parse_ints(a.n):
+    for d in _parse_ints(a.d):
+      for v in _parse_ints(a.v):
+        rows = {}
+        for impl in impls:
+          r = {"n": n, "d": d, "v": v, "impl": impl, "dtype": dtype.name}
+          for phase, bwd in (("fwd", False), ("fwd_bwd", True)):
+            fn, comp = _compiled(impl, n, d, v, dtype, a.chunk, bwd)
+            r[f"{phase}_peak_bytes"] = _peak_bytes(comp)
+            flop = (8 if bwd else 2) * n * d * v
+            if flop / 1e12 <= max_tflop and r[f"{phase}_peak_bytes"] <= max_mem:
+              s = _time(fn, n, d, v, dtype, a.reps)
+              r[f"{phase}_s"] = s
+              r[f"{phase}_tflops"] = flop / s / 1e12
+            else:
+              r[f"{phase}_s"] = None
+            del fn, comp
+          rows[impl] = r
+        base = rows.get("naive")
+        for impl, r in rows.items():
+          if base is not None:
+            r["fwd_bwd_mem_ratio_vs_naive"] = r["fwd_bwd_peak_bytes"] / base["fwd_bwd_peak_bytes"]
+            r["fwd_mem_ratio_vs_naive"] = r["fwd_peak_bytes"] / base["fwd_peak_bytes"]
+            for ph in ("fwd", "fwd_bwd"):
+              if r[f"{ph}_s"] and base[f"{ph}_s"]:
+                r[f"{ph}_time_ratio_vs_naive"] = r[f"{ph}_s"] / base[f"{ph}_s"]
+          fmt_ms = lambda s: f"{1e3 * s:9.1f}" if s else f"{'-':>9}"
+          fmt_tf = lambda k: f"{r[k]:8.3f}" if r.get(k) else f"{'-':>8}"
+          tr = r.get("fwd_bwd_time_ratio_vs_naive")
+          print(f"{n:>6} {d:>5} {v:>7} {impl:>8} | {r['fwd_peak_bytes'] / 2**20:9.0f} "
+                f"{r['fwd_bwd_peak_bytes'] / 2**20:9.0f} | {fmt_ms(r['fwd_s'])} "
+                f"{fmt_ms(r['fwd_bwd_s'])} | {fmt_tf('fwd_tflops')} {fmt_tf('fwd_bwd_tflops')} | "
+                f"{r.get('fwd_bwd_mem_ratio_vs_naive', float('nan')):9.3f}  "
+                f"{'-' if tr is None else f'{tr:.2f}'}", flush=True)
+          results.append(r)
+  goal = [r for r in results if r["n"] == 16384 and r["v"] == 151936 and r["impl"] != "naive"]
+  summary = {"device": dev.device_kind, "backend": backend, "dtype": dtype.name,
+             "chunk": a.chunk, "results": results,
+             "goal_mem_ratio_n16384_v151936": {f"{r['impl']}_d{r['d']}":
+                                               r.get("fwd_bwd_mem_ratio_vs_naive")
+                                               for r in goal}}
+  print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+  main()
