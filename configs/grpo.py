@@ -8,6 +8,7 @@ batch sizes and lengths, and set `mesh` for the devices.
 """
 from ml_collections import ConfigDict
 
+from kernels.logprob import default_config as kernels_config
 from r1jax.data.pipeline import default_data_config
 
 
@@ -30,8 +31,25 @@ def get_config() -> ConfigDict:
   c.seed = 0
   # Number of GRPO steps (one rollout batch each).
   c.steps = 50
-  # Device mesh sizes; one -1 takes the remaining devices.
+  # Device mesh sizes; one -1 takes the remaining devices (all processes' devices together).
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis -> mesh axis rules (r1jax/sharding.py, docs/scaling.md). preset:
+  #   dp      params / optimizer state / KV cache replicated, batch over data x fsdp;
+  #   fsdp    params and optimizer state split on the embed dim over fsdp (ZeRO-3);
+  #   fsdp_tp fsdp + heads / MLP / vocab / KV-cache heads over tensor (default; with
+  #           fsdp = tensor = 1 in the mesh it is plain data parallelism).
+  # rules: overrides "logical=mesh_axis[+mesh_axis];..." e.g. "mlp=;embed=fsdp+tensor".
+  # sampler_preset / sampler_rules: the rollout's layout of the same params ("" = as the
+  # trainer); the loop reshards explicitly before each rollout when they differ.
+  c.sharding = ConfigDict(dict(preset="fsdp_tp", rules="", sampler_preset="",
+                               sampler_rules=""))
+  # Multi-host (jax.distributed, before any device use). Empty/-1/0 fields fall back to
+  # $R1JAX_COORDINATOR_ADDRESS / $R1JAX_NUM_PROCESSES / $R1JAX_PROCESS_ID (or JAX_*);
+  # auto=True lets JAX detect the cluster (TPU pod, SLURM, Open MPI, Kubernetes).
+  # cpu_collectives: cross-process collectives of the CPU backend (gloo | mpi).
+  c.distributed = ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
+                                  auto=False, cpu_collectives="gloo",
+                                  initialization_timeout_s=300))
   # Recompute each decoder block in the backward pass (activation memory ~ 1 layer).
   c.remat = True
   # Size of the tiny-random model (model="tiny-random" only).
@@ -79,8 +97,10 @@ def get_config() -> ConfigDict:
   # prompts, up to max_resample_rounds extra rollouts per step.
   c.rl.dynamic_sampling = False
   c.rl.max_resample_rounds = 2
-  # Positions per chunk of the fused log-prob (memory ~ micro_batch x chunk x vocab).
-  c.rl.logprob_chunk_size = 32
+
+  # Per-token log-probs from hidden states + LM head, never [tokens, vocab] logits
+  # (kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.
+  c.kernels = kernels_config()
 
   c.rewards = ConfigDict()
   # Reward functions with weights: r = r_acc + lambda * r_fmt (R1_SPEC section 3).

@@ -30,8 +30,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from r1jax import stages  # imported late so that --help is fast
   config = _CONFIG.value
+  # Multi-controller runtime first: nothing may touch a JAX device before it.
+  from r1jax import sharding
+  if sharding.initialize_distributed(config.get("distributed")) and not sharding.is_main_process():
+    logging.set_verbosity(logging.WARNING)  # process 0 logs; the others only warn
+  from r1jax import stages  # imported late so that --help is fast
   logging.info("stage %s", config.stage)
   stages.run(config)
 

@@ -209,11 +209,12 @@ def _ends_with_any(tokens: jax.Array, last: jax.Array, seqs) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
                                              "top_p", "top_k", "stop_ids", "stop_sequences",
-                                             "pad_id"))
+                                             "pad_id", "cache_shardings"))
 def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
              max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
              temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
-             pad_id: int, stop_sequences: tuple[tuple[int, ...], ...] = ()) -> SampleOutput:
+             pad_id: int, stop_sequences: tuple[tuple[int, ...], ...] = (),
+             cache_shardings: Optional[decoder.KVCache] = None) -> SampleOutput:
   """Prefill B prompts once and decode `num_samples` completions for each.
 
   Args:
@@ -229,6 +230,8 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     stop_ids: ids that end a sample (static).
     stop_sequences: token sequences that end a sample (static).
     pad_id: id written after a sample ends (static).
+    cache_shardings: optional KVCache of NamedShardings the cache is constrained to
+      (static; see Sampler), else XLA propagates a layout from params and prompts.
 
   Returns:
     SampleOutput with N = cache_len.
@@ -241,6 +244,8 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
                              top_k=top_k)
 
   last_hidden, cache = decoder.prefill(params, cfg, prompt_tokens, prompt_lengths, G, N)
+  if cache_shardings is not None:
+    cache = jax.lax.with_sharding_constraint(cache, cache_shardings)
   first_logits = decoder.logits(params, cfg, last_hidden)  # [B, V]
   tok0, lp0 = sample(jnp.broadcast_to(first_logits[:, None], (B, G, first_logits.shape[-1])),
                      jax.random.fold_in(key, 0))
@@ -273,6 +278,19 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
   return SampleOutput(tokens, lengths, logprobs, done, t + 1)
 
 
+def _to_host(out: SampleOutput, process_local: bool) -> SampleOutput:
+  """NumPy outputs: this process's rows (process_local) or the whole global arrays."""
+  if jax.process_count() == 1 or all(x.is_fully_addressable for x in out):
+    return jax.device_get(out)
+  from r1jax import sharding as shd
+  if process_local:
+    return SampleOutput(*(shd.local_rows(x) for x in out))
+  from jax.experimental import multihost_utils
+  return SampleOutput(*(np.asarray(x) if x.is_fully_replicated
+                        else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+                        for x in out))
+
+
 def bucket_length(n: int, minimum: int = 16) -> int:
   """Smallest bucket >= n on the ladder minimum, 2*minimum, 3*minimum, 4*minimum, 6*minimum,
   8*minimum, 12*minimum, ... (powers of two and 1.5x powers of two): padded lengths take few
@@ -298,40 +316,80 @@ class Sampler:
 
   def __init__(self, cfg: ModelConfig, *, pad_id: int = 0, min_prompt_bucket: int = 16,
                min_completion_bucket: int = 16, max_total_len: Optional[int] = None,
-               mesh=None):
+               mesh=None, rules: Optional[dict] = None):
     self.cfg = cfg
     self.pad_id = pad_id
     self.min_prompt_bucket = min_prompt_bucket
     self.min_completion_bucket = min_completion_bucket
     self.max_total_len = max_total_len or cfg.max_position_embeddings
-    # With a mesh, prompts are split over its batch axes (data-parallel rollouts) whenever
-    # the batch divides evenly; params keep whatever sharding they have.
+    # With a mesh, prompts (and the KV cache) are split over the batch axes of `rules`
+    # (data-parallel rollouts) whenever the batch divides evenly, and the cache's KV heads
+    # over `kv_heads`' axes; params keep whatever sharding they have (the caller reshards
+    # them to the sampler's layout explicitly).
     self.mesh = mesh
+    from r1jax import sharding as shd
+    self.rules = dict(rules if rules is not None else shd.DEFAULT_RULES)
     self.last_stats: dict[str, float] = {}
 
-  def _place(self, ids: np.ndarray, lengths: np.ndarray):
-    if self.mesh is not None:
-      from r1jax import sharding as shd
-      if ids.shape[0] % shd.batch_divisor(self.mesh) == 0:
-        return (jax.device_put(ids, shd.batch_sharding(self.mesh, 2)),
-                jax.device_put(lengths, shd.batch_sharding(self.mesh, 1)))
-    return jnp.asarray(ids), jnp.asarray(lengths)
+  def _sharded(self, batch: int) -> bool:
+    from r1jax import sharding as shd
+    return self.mesh is not None and batch % shd.batch_divisor(self.mesh, self.rules) == 0
 
-  def pad_prompts(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Right-pad token lists to a bucketed length: ([B, P] int32, [B] int32)."""
+  def _place(self, ids: np.ndarray, lengths: np.ndarray, process_local: bool = False):
+    from r1jax import sharding as shd
+    if self.mesh is None:
+      return jnp.asarray(ids), jnp.asarray(lengths)
+    B = ids.shape[0] * (jax.process_count() if process_local else 1)
+    if self._sharded(B):
+      return (shd.global_batch(ids, shd.batch_sharding(self.mesh, 2, self.rules),
+                               process_local=process_local),
+              shd.global_batch(lengths, shd.batch_sharding(self.mesh, 1, self.rules),
+                               process_local=process_local))
+    if process_local and jax.process_count() > 1:
+      raise ValueError(f"a global batch of {B} prompts does not split over the mesh's "
+                       f"{shd.batch_divisor(self.mesh, self.rules)} batch shards")
+    if jax.process_count() == 1:
+      return jnp.asarray(ids), jnp.asarray(lengths)
+    rep = shd.replicated(self.mesh)  # every process holds the same whole batch
+    return jax.device_put(ids, rep), jax.device_put(lengths, rep)
+
+  def _cache_shardings(self, B: int):
+    if self.mesh is None or not self._sharded(B):
+      return None
+    from r1jax import sharding as shd
+    cfg = self.cfg
+    L, K, Dh = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
+    # Dims that only matter for divisibility: length / samples are never sharded here.
+    spec = lambda axes, shape: jax.sharding.NamedSharding(
+        self.mesh, shd.logical_to_spec(axes, shape, self.mesh, self.rules))
+    prompt = spec(shd.KV_PROMPT_AXES, (L, B, 1, K, Dh))
+    gen = spec(shd.KV_COMPLETION_AXES, (L, B, 1, 1, K, Dh))
+    return decoder.KVCache(prompt, prompt, gen, gen, spec(("batch", "length"), (B, 1)))
+
+  def pad_prompts(self, prompts: Sequence[Sequence[int]], *,
+                  process_local: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token lists to a bucketed length: ([B, P] int32, [B] int32).
+
+    process_local: the prompts are this process's share of a global batch; all processes
+      then agree on P (the bucket of the global longest prompt; a collective).
+    """
     if not prompts:
       raise ValueError("no prompts given")
     lengths = np.array([len(p) for p in prompts], np.int32)
     if lengths.min() < 1:
       raise ValueError(f"prompt {int(lengths.argmin())} is empty")
     P = bucket_length(int(lengths.max()), self.min_prompt_bucket)
+    if process_local and jax.process_count() > 1:
+      from r1jax import sharding as shd
+      P = int(shd.process_allgather(np.asarray([P], np.int32)).max())
     ids = np.full((len(prompts), P), self.pad_id, np.int32)
     for i, p in enumerate(prompts):
       ids[i, :len(p)] = p
     return ids, lengths
 
   def __call__(self, params, prompts, key: jax.Array, *, num_samples: int = 1,
-               sampling: SamplingParams = SamplingParams()) -> SampleOutput:
+               sampling: SamplingParams = SamplingParams(),
+               process_local: bool = False) -> SampleOutput:
     """Sample `num_samples` completions for each prompt.
 
     Args:
@@ -341,6 +399,10 @@ class Sampler:
       key: PRNG key.
       num_samples: G.
       sampling: SamplingParams.
+      process_local: with several processes, `prompts` are this process's rows of a global
+        batch (every process calls at once, with as many rows, padded by
+        `pad_prompts(..., process_local=True)`) and the result holds this process's rows.
+        False: every process passes the same whole batch and gets the whole result.
 
     Returns:
       SampleOutput as NumPy arrays, trimmed to N = max_new_tokens.
@@ -356,7 +418,7 @@ class Sampler:
         ids = np.pad(ids, ((0, 0), (0, P - ids.shape[1])), constant_values=self.pad_id)
       lengths = np.asarray(lengths, np.int32)
     else:
-      ids, lengths = self.pad_prompts(prompts)
+      ids, lengths = self.pad_prompts(prompts, process_local=process_local)
     longest = int(lengths.max())
     if longest + sampling.max_new_tokens > self.max_total_len:
       raise ValueError(
@@ -364,14 +426,15 @@ class Sampler:
           f"context limit of {self.max_total_len} tokens")
     N = bucket_length(sampling.max_new_tokens, self.min_completion_bucket)
     t0 = time.perf_counter()
-    ids, lengths = self._place(ids, lengths)
+    ids, lengths = self._place(ids, lengths, process_local)
     out = generate(params, ids, lengths, key,
                    jnp.int32(sampling.max_new_tokens), cfg=self.cfg, num_samples=num_samples,
                    cache_len=N, temperature=float(sampling.temperature),
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),
                    stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id),
-                   stop_sequences=tuple(tuple(int(i) for i in s) for s in sampling.stop_sequences))
-    out = jax.device_get(out)
+                   stop_sequences=tuple(tuple(int(i) for i in s) for s in sampling.stop_sequences),
+                   cache_shardings=self._cache_shardings(ids.shape[0]))
+    out = _to_host(out, process_local)
     n = sampling.max_new_tokens
     out = SampleOutput(out.tokens[:, :, :n], out.lengths, out.logprobs[:, :, :n], out.finished,
                        out.num_steps)

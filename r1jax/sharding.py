@@ -9,6 +9,7 @@ axis of 2), so one code path serves 1 CPU, 8 fake CPU devices, a GPU and a TPU p
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -18,8 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
+Rules = dict[str, tuple[str, ...]]
+
 # logical axis -> mesh axes (tried in order, all that divide the dim are used)
-DEFAULT_RULES: dict[str, tuple[str, ...]] = {
+DEFAULT_RULES: Rules = {
     "batch": ("data", "fsdp"),
     "vocab": ("tensor",),
     "embed": ("fsdp",),
@@ -31,6 +34,77 @@ DEFAULT_RULES: dict[str, tuple[str, ...]] = {
     "norm": (),
     "length": (),
 }
+
+# Named layouts (`config.sharding.preset`). The mesh sizes (`config.mesh`) say how many
+# devices each axis has; a preset says which logical axes may use which mesh axis.
+#   dp:      params, optimizer state and KV cache replicated; batch over data x fsdp.
+#   fsdp:    params / optimizer state split on `embed` over fsdp (ZeRO-3 style: gathered
+#            per layer inside the jit); batch over data x fsdp; no tensor parallelism.
+#   fsdp_tp: fsdp plus Megatron-style tensor parallelism: heads, MLP and vocab over
+#            tensor (KV cache heads too). The default; with fsdp = tensor = 1 it is dp.
+PRESETS: dict[str, Rules] = {
+    "dp": {**{k: () for k in DEFAULT_RULES}, "batch": ("data", "fsdp")},
+    "fsdp": {**DEFAULT_RULES, "vocab": (), "q_heads": (), "kv_heads": (), "mlp": ()},
+    "fsdp_tp": dict(DEFAULT_RULES),
+}
+
+# Mesh shapes that go with each preset on n devices (tools and docs; any mesh works).
+PRESET_MESHES: dict[str, dict[str, int]] = {
+    "dp": {"data": -1, "fsdp": 1, "tensor": 1},
+    "fsdp": {"data": 1, "fsdp": -1, "tensor": 1},
+    "fsdp_tp": {"data": 1, "fsdp": -1, "tensor": 2},
+}
+
+
+def parse_rules(spec: str) -> Rules:
+  """Rule overrides from a config string.
+
+  Format: "logical=mesh1+mesh2;logical2=;..." (an empty right side = replicated), e.g.
+  "mlp=tensor;embed=fsdp+data".
+
+  Raises:
+    ValueError: malformed entry or an unknown mesh axis.
+  """
+  out: Rules = {}
+  for part in str(spec).replace(",", ";").split(";"):
+    part = part.strip()
+    if not part:
+      continue
+    if "=" not in part:
+      raise ValueError(f"sharding rule {part!r} is not 'logical=mesh_axis[+mesh_axis]'")
+    name, axes = (x.strip() for x in part.split("=", 1))
+    mesh_axes = tuple(a.strip() for a in axes.split("+") if a.strip())
+    bad = [a for a in mesh_axes if a not in MESH_AXES]
+    if not name or bad:
+      raise ValueError(f"sharding rule {part!r}: mesh axes must be among {MESH_AXES}")
+    out[name] = mesh_axes
+  return out
+
+
+def rules_for(preset: str, overrides: str = "") -> Rules:
+  """Rules of a preset ("dp" | "fsdp" | "fsdp_tp") with `parse_rules(overrides)` on top.
+
+  Raises:
+    ValueError: unknown preset or malformed overrides.
+  """
+  if preset not in PRESETS:
+    raise ValueError(f"sharding preset must be one of {sorted(PRESETS)}, got {preset!r}")
+  return {**PRESETS[preset], **parse_rules(overrides)}
+
+
+def config_rules(config, which: str = "train") -> Rules:
+  """Rules of a stage config's `sharding` block (defaults when the config has none).
+
+  Args:
+    config: a stage ConfigDict; reads sharding.preset / sharding.rules, and for
+      which="sampler" sharding.sampler_preset / sharding.sampler_rules ("" = as train).
+  """
+  sc = config.get("sharding") if hasattr(config, "get") else None
+  if sc is None:
+    return dict(DEFAULT_RULES)
+  if which == "sampler" and (sc.get("sampler_preset") or sc.get("sampler_rules")):
+    return rules_for(sc.get("sampler_preset") or sc.preset, sc.get("sampler_rules", ""))
+  return rules_for(sc.preset, sc.get("rules", ""))
 
 
 def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
@@ -65,7 +139,7 @@ def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> P:
+                    rules: Rules = DEFAULT_RULES) -> P:
   """PartitionSpec for an array with logical `axes` and `shape` on `mesh`.
 
   Each mesh axis is used at most once per array, and only where it divides the dim.
@@ -88,7 +162,7 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
 
 
 def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
-                   rules: dict[str, tuple[str, ...]] = DEFAULT_RULES) -> Any:
+                   rules: Rules = DEFAULT_RULES) -> Any:
   """NamedShardings for a tree of arrays (or ShapeDtypeStructs) given a tree of logical axes."""
   is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
   return jax.tree.map(
@@ -96,16 +170,138 @@ def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
       axes_tree, shapes_tree, is_leaf=is_axes)
 
 
-def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
-  """Sharding of a batch array: leading dim over (data, fsdp), the rest replicated."""
-  lead = tuple(a for a in ("data", "fsdp") if mesh.shape[a] > 1)
+def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = DEFAULT_RULES) -> NamedSharding:
+  """Sharding of a batch array: leading dim over the `batch` rule's mesh axes (default
+  data x fsdp), the rest replicated."""
+  lead = tuple(a for a in rules.get("batch", ()) if mesh.shape[a] > 1)
   first = lead if len(lead) > 1 else (lead[0] if lead else None)
   return NamedSharding(mesh, P(first, *([None] * (ndim - 1))))
 
 
-def batch_divisor(mesh: Mesh) -> int:
+def batch_divisor(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> int:
   """Number of shards of the batch dimension."""
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+  return math.prod(mesh.shape[a] for a in rules.get("batch", ()))
+
+
+# Logical axes of the sampler's KV cache arrays (r1jax.models.decoder.KVCache).
+KV_PROMPT_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")        # [L, B, P, K, Dh]
+KV_COMPLETION_AXES = ("layers", "batch", None, "length", "kv_heads", "head_dim")  # [L, B, G, N, K, Dh]
+
+
+def reshard(tree: Any, shardings: Any) -> Any:
+  """Explicit resharding (e.g. trainer layout -> sampler layout of the same params).
+
+  A no-op (no copy) for leaves already laid out as asked. Works on global arrays of a
+  multi-process mesh (XLA moves the data between devices and hosts).
+  """
+  def put(x, s):
+    if getattr(x, "sharding", None) == s:
+      return x
+    if (isinstance(x, jax.Array) and x.is_fully_addressable and not s.is_fully_addressable):
+      x = np.asarray(x)  # a process-local array: every process holds the full value
+    return jax.device_put(x, s)
+  return jax.tree.map(put, tree, shardings)
+
+
+# ---------------------------------------------------------------------- multi-process
+def initialize_distributed(cfg=None) -> bool:
+  """`jax.distributed.initialize` from a `distributed` config block or the environment.
+
+  Must run before any JAX device use. Sources, first non-empty wins:
+    coordinator_address: cfg, $R1JAX_COORDINATOR_ADDRESS, $JAX_COORDINATOR_ADDRESS;
+    num_processes: cfg (> 0), $R1JAX_NUM_PROCESSES, $JAX_NUM_PROCESSES;
+    process_id: cfg (>= 0), $R1JAX_PROCESS_ID, $JAX_PROCESS_ID.
+  With cfg.auto=True (or $R1JAX_DISTRIBUTED_AUTO=1) and no explicit address, JAX's cluster
+  auto-detection (TPU pods, SLURM, Open MPI, Kubernetes...) supplies everything. On CPU the
+  cross-process collectives use `cfg.cpu_collectives` (default gloo).
+
+  Args:
+    cfg: ConfigDict/mapping with coordinator_address, num_processes, process_id, auto,
+      cpu_collectives, initialization_timeout_s (all optional); None = environment only.
+
+  Returns:
+    True when the multi-controller runtime was started (or already was), False for a
+    plain single-process run.
+
+  Raises:
+    ValueError: an address without num_processes / process_id, or a bad process id.
+  """
+  get = (lambda k, d: cfg.get(k, d)) if cfg is not None else (lambda k, d: d)
+  env = lambda *names: next((os.environ[n] for n in names if os.environ.get(n)), "")
+  address = get("coordinator_address", "") or env("R1JAX_COORDINATOR_ADDRESS",
+                                                  "JAX_COORDINATOR_ADDRESS")
+  num = int(get("num_processes", 0) or 0) or int(env("R1JAX_NUM_PROCESSES",
+                                                     "JAX_NUM_PROCESSES") or 0)
+  pid = int(get("process_id", -1))
+  if pid < 0:
+    pid = int(env("R1JAX_PROCESS_ID", "JAX_PROCESS_ID") or -1)
+  auto = bool(get("auto", False)) or env("R1JAX_DISTRIBUTED_AUTO") in ("1", "true", "True")
+  if jax.distributed.is_initialized():
+    return True
+  if not address and not auto:
+    return False
+  if address and not auto and (num < 1 or not 0 <= pid < num):
+    raise ValueError(f"distributed.coordinator_address={address!r} needs num_processes >= 1 and "
+                     f"0 <= process_id < num_processes (got {num}, {pid})")
+  # Only the CPU backend reads this (harmless elsewhere); without it CPU processes cannot
+  # all-reduce across processes.
+  jax.config.update("jax_cpu_collectives_implementation", get("cpu_collectives", "gloo"))
+  kwargs = {}
+  if address:
+    kwargs.update(coordinator_address=address, num_processes=num, process_id=pid)
+  timeout = int(get("initialization_timeout_s", 0) or 0)
+  if timeout:
+    kwargs["initialization_timeout"] = timeout
+  jax.distributed.initialize(**kwargs)
+  logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count())
+  return True
+
+
+def is_main_process() -> bool:
+  """True on process 0 (the one that logs and writes run files)."""
+  return jax.process_index() == 0
+
+
+def process_allgather(x: np.ndarray) -> np.ndarray:
+  """[n, ...] host arrays of every process concatenated in process order ([P*n, ...]).
+
+  Identity in a single-process run. Uses JAX's own collectives (no side channel).
+  """
+  x = np.asarray(x)
+  if jax.process_count() == 1:
+    return x
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def global_batch(x: np.ndarray, sharding: NamedSharding, *, process_local: bool) -> jax.Array:
+  """A global array from host data.
+
+  Args:
+    x: [n, ...] host array.
+    sharding: target sharding (leading dim = batch).
+    process_local: x holds only this process's rows (the global batch is the processes'
+      rows concatenated in process order); False: x is the whole array, same on every process.
+  """
+  if jax.process_count() == 1 or not process_local:
+    return jax.device_put(x, sharding)
+  shape = (x.shape[0] * jax.process_count(),) + x.shape[1:]
+  return jax.make_array_from_process_local_data(sharding, x, shape)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a global array sharded on its leading dim, in global order
+  (the inverse of `global_batch(..., process_local=True)`); the whole array when it is
+  fully addressable or replicated."""
+  if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    return np.asarray(jax.device_get(x))
+  pieces = {}
+  for s in x.addressable_shards:
+    start = s.index[0].start or 0 if s.index else 0
+    pieces.setdefault(start, s.data)  # replicas (e.g. over tensor) hold the same rows
+  return np.concatenate([np.asarray(pieces[k]) for k in sorted(pieces)])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

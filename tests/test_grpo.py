@@ -171,7 +171,7 @@ def test_grouped_completion_logprobs_match_per_sequence_forward(params):
   prompts, lengths, comp, _ = _rollout_batch(1)
   mb = {"prompt_tokens": jnp.asarray(prompts), "prompt_lengths": jnp.asarray(lengths),
         "completion": jnp.asarray(comp)}
-  logp, ent = stage.completion_logprobs(params, CFG, mb, temperature=0.9, chunk_size=4,
+  logp, ent = stage.completion_logprobs(params, CFG, mb, temperature=0.9, kernel=dict(chunk_size=4),
                                         remat=True)
   B, Gn, N = comp.shape
   for b in range(B):
@@ -204,7 +204,7 @@ def _train_batch(seed):
 def test_sharded_update_equals_single_device(params):
   assert len(jax.devices()) == 8
   gcfg = G.GRPOConfig(beta=0.04)
-  loss_fn = stage.make_loss_fn(CFG, gcfg, temperature=1.0, chunk_size=4, remat=False,
+  loss_fn = stage.make_loss_fn(CFG, gcfg, temperature=1.0, kernel=dict(chunk_size=4), remat=False,
                                num_iterations=1)
   batch, denom = _train_batch(2)
   results = []
@@ -230,7 +230,7 @@ def test_sharded_update_equals_single_device(params):
 
 def test_micro_batches_equal_one_big_batch(params):
   gcfg = G.GRPOConfig(beta=0.04, aggregation="token_mean")
-  loss_fn = stage.make_loss_fn(CFG, gcfg, temperature=1.0, chunk_size=4, remat=False,
+  loss_fn = stage.make_loss_fn(CFG, gcfg, temperature=1.0, kernel=dict(chunk_size=4), remat=False,
                                num_iterations=1)
   batch, _ = _train_batch(4)
   mask = (batch["weights"] > 0).astype(np.float32)

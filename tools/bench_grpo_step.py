@@ -2,11 +2,16 @@
 
 python tools/bench_grpo_step.py [--model smollm2-135m-instruct] [--prompts 8] [--samples 4]
                                 [--new-tokens 128] [--steps 3] [--micro-batch 8]
+                                [--devices 8] [--preset dp|fsdp|fsdp_tp] [--mesh data=1,fsdp=4,tensor=2]
 
 Runs the real GRPO stage (configs/grpo.py) for --steps steps with every sample forced to
 generate exactly --new-tokens tokens (no stop strings, EOS suppressed from the stop set),
 and reports the mean of the steps after the first (the first includes compilation).
-Also reports the peak RSS of the process. Prints a JSON object on its last line.
+Also reports the peak RSS of the process and, per device, XLA's memory analysis of the
+compiled update (params + optimizer state + batch + temporaries on one device).
+--devices N runs on N fake CPU devices (XLA_FLAGS, set before JAX starts); --preset picks
+the sharding rules and, unless --mesh is given, the mesh that goes with them
+(r1jax.sharding.PRESET_MESHES). Prints a JSON object on its last line.
 """
 import argparse
 import importlib.util
@@ -30,7 +35,21 @@ def main():
   ap.add_argument("--beta", type=float, default=0.04)
   ap.add_argument("--template", default="r1_zero_1shot")
   ap.add_argument("--remat", action="store_true", help="recompute blocks in the backward pass")
+  ap.add_argument("--devices", type=int, default=0,
+                  help="fake CPU devices (0 = whatever the platform has)")
+  ap.add_argument("--preset", default="fsdp_tp", choices=("dp", "fsdp", "fsdp_tp"))
+  ap.add_argument("--mesh", default="", help="mesh sizes, e.g. data=1,fsdp=4,tensor=2")
+  ap.add_argument("--tiny-width", type=int, default=0,
+                  help="with --model tiny-random: hidden size (MLP 4x, heads of 32)")
+  ap.add_argument("--tiny-layers", type=int, default=2)
   args = ap.parse_args()
+  if args.devices:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                               f" --xla_force_host_platform_device_count={args.devices}")
+  import jax
+  from r1jax import sharding as shd
+  from r1jax.train import trainer as trainer_lib
 
   spec = importlib.util.spec_from_file_location("grpo_cfg", os.path.join(ROOT, "configs", "grpo.py"))
   mod = importlib.util.module_from_spec(spec)
@@ -47,6 +66,21 @@ def main():
   c.rl.beta = args.beta
   c.data.template = args.template
   c.remat = args.remat
+  c.sharding.preset = args.preset
+  if args.mesh:
+    mesh = {k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))}
+  else:
+    mesh = dict(shd.PRESET_MESHES[args.preset])
+    n = jax.device_count()
+    if mesh["tensor"] > 1 and n % mesh["tensor"]:
+      mesh["tensor"] = 1
+  c.mesh = type(c.mesh)(dict({"data": 1, "fsdp": 1, "tensor": 1}, **mesh))
+  if args.tiny_width:
+    w = args.tiny_width
+    heads = max(w // 32, 2)
+    c.tiny_model = type(c.tiny_model)(dict(hidden_size=w, intermediate_size=4 * w,
+                                           num_layers=args.tiny_layers, num_heads=heads,
+                                           num_kv_heads=max(heads // 2, 1), head_dim=32))
   c.data.train_size = 2000
   c.data.eval_size = 0
   c.eval.at_start = False
@@ -65,10 +99,25 @@ def main():
     return tok
 
   Tokenizer.from_source = classmethod(no_stops)
+  # Per-device memory of the update, from XLA, measured once before the first update.
+  memory = {}
+  orig_update = trainer_lib.Trainer.update
+
+  def update(self, state, batch, denominator):
+    if not memory:
+      memory.update(self.memory_analysis(state, batch, denominator))
+      n_params = sum(x.size for x in jax.tree.leaves(state.params))
+      memory["params"] = int(n_params)
+      memory["state_bytes_per_device"] = int(sum(
+          x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)))
+    return orig_update(self, state, batch, denominator)
+
+  trainer_lib.Trainer.update = update
   try:
     grpo.run(c)
   finally:
     Tokenizer.from_source = classmethod(orig)
+    trainer_lib.Trainer.update = orig_update
   rows = [json.loads(l) for l in open(os.path.join(c.run_dir, "metrics.jsonl"))]
   rows = [r for r in rows if "loss" in r]
   timed = rows[1:] or rows
@@ -86,6 +135,12 @@ def main():
       "rollout_tokens_per_s": round(mean("rollout_tokens_per_s"), 1),
       "step_tokens_per_s": round(tokens / mean("step_s"), 1),
       "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 2),
+      "devices": jax.device_count(), "preset": args.preset,
+      "mesh": dict(shd.make_mesh(c.mesh.to_dict()).shape),
+      "params": memory.get("params"),
+      "state_mb_per_device": round(memory.get("state_bytes_per_device", 0) / 2 ** 20, 2),
+      "update_peak_mb_per_device": round(memory.get("peak_bytes", 0) / 2 ** 20, 2),
+      "update_temp_mb_per_device": round(memory.get("temp_bytes", 0) / 2 ** 20, 2),
   }
   print(json.dumps(result))
 

@@ -369,24 +369,43 @@ class PromptData:
     ds = parts[0] if len(parts) == 1 else grain.MapDataset.mix(parts, self._weights)
     return ds.map(self._to_example)
 
-  def train_iterator(self, batch_size: int, state: Mapping | None = None) -> "PromptIterator":
+  def train_iterator(self, batch_size: int, state: Mapping | None = None, *,
+                     shard_index: int = 0, shard_count: int = 1) -> "PromptIterator":
     """An endless iterator of train batches (lists of `batch_size` example dicts).
 
+    With shard_count > 1 (one shard per process, shard_index = jax.process_index()), global
+    batch k is the same `batch_size` examples whatever the shard count, and shard i reads
+    only its contiguous block of them: examples [i * b, (i + 1) * b) of each global batch,
+    b = batch_size / shard_count. Shards are disjoint, their concatenation in shard order
+    is the single-process batch, and the iterator state (the global batch index) does not
+    depend on the shard count: a run can resume on another number of processes.
+
     Args:
-      batch_size: examples per batch.
+      batch_size: examples per global batch.
       state: optional `PromptIterator.get_state()` to resume from.
+      shard_index: this shard, in [0, shard_count).
+      shard_count: number of shards; must divide batch_size.
 
     Returns:
-      PromptIterator.
+      PromptIterator yielding lists of batch_size / shard_count examples.
     Raises:
-      ValueError: batch_size < 1, or a state from another data setup (see set_state).
+      ValueError: batch_size < 1, bad shard arguments, or a state from another data setup
+        (see set_state).
     """
     if int(batch_size) < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = self.train_dataset().batch(int(batch_size), batch_fn=list)
+    if shard_count < 1 or not 0 <= shard_index < shard_count or batch_size % shard_count:
+      raise ValueError(f"shard {shard_index} of {shard_count} does not split batches of "
+                       f"{batch_size} examples evenly")
+    ds = self.train_dataset()
+    local = int(batch_size) // shard_count
+    if shard_count > 1:
+      ds = _BlockShard(ds, local, shard_index, shard_count)
+    ds = ds.batch(local, batch_fn=list)
     # In-memory data: no threads (grain's advice), so nothing runs in the background.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     out = PromptIterator(iter(it), f"{self._fingerprint}/{int(batch_size)}", int(batch_size))
+    out.local_batch_size = local
     if state is not None:
       out.set_state(state)
     return out
@@ -434,6 +453,27 @@ class PromptData:
     }
 
 
+class _BlockShard(grain.MapDataset):
+  """Shard `index` of `count` of a MapDataset, in blocks: element m is the parent's
+  (m // block) * block * count + index * block + m % block (see train_iterator)."""
+
+  def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
+    super().__init__(parent)
+    self._block, self._index, self._count = block, index, count
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def __getitem__(self, m):
+    if isinstance(m, slice):
+      return self.slice(m)
+    b = self._block
+    return self._parent[(m // b) * b * self._count + self._index * b + m % b]
+
+  def __str__(self) -> str:
+    return f"_BlockShard(block={self._block}, index={self._index}, count={self._count})"
+
+
 class PromptIterator:
   """Endless iterator of train batches with checkpointable state.
 
@@ -446,6 +486,7 @@ class PromptIterator:
     self._it = it
     self._fingerprint = fingerprint
     self.batch_size = batch_size
+    self.local_batch_size = batch_size  # this shard's examples per batch
 
   def __iter__(self) -> Iterator[list[dict]]:
     return self

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
+from kernels import logprob as kernel_lib
 from kernels.logprob import token_logprobs
 from r1jax import models, sampling
 from r1jax import sharding as shd
@@ -67,8 +68,7 @@ def validate_config(config) -> None:
   if rl.advantage_scaling not in grpo_lib.ADVANTAGE_SCALINGS:
     raise ValueError(f"rl.advantage_scaling must be one of {grpo_lib.ADVANTAGE_SCALINGS}, got "
                      f"{rl.advantage_scaling!r}")
-  if rl.logprob_chunk_size < 1:
-    raise ValueError(f"rl.logprob_chunk_size must be >= 1, got {rl.logprob_chunk_size}")
+  kernel_kwargs(config)
   if rl.max_resample_rounds < 0:
     raise ValueError(f"rl.max_resample_rounds must be >= 0, got {rl.max_resample_rounds}")
   if config.eval.temperature < 0:
@@ -80,6 +80,16 @@ def validate_config(config) -> None:
   parse_reward_spec(config.rewards.spec)
   if config.rl.temperature == 0:
     raise ValueError("rl.temperature must be > 0: greedy rollouts give identical samples per group")
+  shd.config_rules(config)
+  shd.config_rules(config, "sampler")
+  nproc = jax.process_count()
+  if nproc > 1:
+    if (rl.batch_size // G) % nproc:
+      raise ValueError(f"{rl.batch_size // G} prompts per step (rl.batch_size / "
+                       f"rl.num_generations) do not split over {nproc} processes")
+    if rl.dynamic_sampling:
+      raise ValueError("rl.dynamic_sampling is single-process only for now (the refill "
+                       "decision would need every process's rewards)")
 
 
 def grpo_config(config) -> grpo_lib.GRPOConfig:
@@ -134,12 +144,24 @@ def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: samplin
           "advantages": advantages.astype(np.float32)}
 
 
+def kernel_kwargs(config, mesh=None) -> dict:
+  """token_logprobs settings from config.kernels (impl, chunk, Pallas tiles), and the mesh
+  axes that shard the tokens (for the Pallas kernels' shard_map).
+
+  Raises:
+    ValueError: unknown kernels.logprob_impl or a non-positive chunk size.
+  """
+  axes = None if mesh is None else shd.batch_sharding(mesh, 1).spec[0]
+  return kernel_lib.kwargs_from_config(config.kernels, mesh, axes)
+
+
 def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: float,
-                        chunk_size: int, remat: bool):
+                        kernel: dict, remat: bool):
   """Log-probs [b, G, N] and entropies [b, G, N] of the completion tokens of a (micro-)batch.
 
   Each prompt is run once for its G completions (models.forward_grouped), and only the N
-  completion positions go through the LM head (fused, chunked: no [tokens, V] logits).
+  completion positions go through the LM head (kernels.logprob: no [tokens, V] logits;
+  `kernel` = kernel_kwargs(config)).
   """
   hp, hc = models.forward_grouped(params, cfg, mb["prompt_tokens"], mb["prompt_lengths"],
                                   mb["completion"], remat=remat)
@@ -147,16 +169,16 @@ def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: floa
   b, G, N, D = h.shape
   logp, ent = token_logprobs(h.reshape(b * G, N, D), models.lm_head_weight(params, cfg),
                              mb["completion"].reshape(b * G, N), temperature=temperature,
-                             chunk_size=chunk_size)
+                             **kernel)
   return logp.reshape(b, G, N), ent.reshape(b, G, N)
 
 
 def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: float,
-                 chunk_size: int, remat: bool, num_iterations: int):
+                 kernel: dict, remat: bool, num_iterations: int):
   """(params, micro-batch, denominator) -> (loss, metrics) for Trainer."""
   def loss_fn(params, mb, denominator):
     logp, entropy = completion_logprobs(params, cfg, mb, temperature=temperature,
-                                        chunk_size=chunk_size, remat=remat)
+                                        kernel=kernel, remat=remat)
     flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
     # mu = 1: pi_old is the current policy (ratio = 1, gradient = policy gradient).
     old = mb["old_logp"] if num_iterations > 1 else logp
@@ -166,7 +188,7 @@ def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: fl
   return loss_fn
 
 
-def make_ref_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float, chunk_size: int):
+def make_ref_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float, kernel: dict):
   """Jitted (params, batch) -> completion log-probs [B, G, N], micro-batched like the update.
 
   Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
@@ -174,7 +196,7 @@ def make_ref_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float, c
     micro = {k: trainer_lib._split_micro(batch[k], num_micro)
              for k in ("prompt_tokens", "prompt_lengths", "completion")}
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
-                                                    chunk_size=chunk_size, remat=False)[0], micro)
+                                                    kernel=kernel, remat=False)[0], micro)
     return trainer_lib._merge_micro(lp)
   return jax.jit(ref, out_shardings=shd.batch_sharding(mesh, 3))
 
@@ -233,12 +255,19 @@ def run(config) -> dict[str, Any]:
                      f"that run, or choose another --config.run_dir")
   t_start = time.perf_counter()
   mesh = shd.make_mesh(config.mesh.to_dict())
-  logging.info("mesh %s", dict(mesh.shape))
+  rules, sampler_rules = shd.config_rules(config), shd.config_rules(config, "sampler")
+  # Several processes: each loads, samples and scores its own block of prompts; the update
+  # runs on global arrays. Process 0 alone writes metrics, samples and plots.
+  nproc, pidx = jax.process_count(), jax.process_index()
+  is_main = pidx == 0
+  logging.info("mesh %s, sharding rules %s, %d process(es)", dict(mesh.shape),
+               config.sharding.preset if "sharding" in config else "default", nproc)
   rl = config.rl
   G, B = rl.num_generations, rl.batch_size // rl.num_generations
   S = rl.batch_size
+  b = B // nproc  # prompts of this process per step
   prompts_per_micro = rl.micro_batch_size // G
-  if prompts_per_micro % shd.batch_divisor(mesh):
+  if prompts_per_micro % shd.batch_divisor(mesh, rules):
     raise ValueError(f"prompts per micro-batch ({prompts_per_micro} = rl.micro_batch_size / "
                      f"rl.num_generations) must be a multiple of the mesh's batch shards "
                      f"({shd.batch_divisor(mesh)})")
@@ -253,19 +282,25 @@ def run(config) -> dict[str, Any]:
   gcfg = grpo_config(config)
   optimizer, schedule = trainer_lib.make_optimizer(_optim_with_steps(config))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature,
-                         chunk_size=rl.logprob_chunk_size, remat=config.remat,
+                         kernel=kernel_kwargs(config, mesh), remat=config.remat,
                          num_iterations=rl.num_iterations)
   trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
-                                num_micro)
+                                num_micro, rules=rules)
   # The reference gets its own buffers: the policy's are donated to each update.
   ref_params = (jax.tree.map(lambda x: x.copy(), trainer.shard_params(host_params))
                 if gcfg.beta > 0 else None)
   state = trainer.init_state(host_params)
   del host_params
   logprob_fn = make_ref_fn(cfg, mesh, num_micro, temperature=rl.temperature,
-                          chunk_size=rl.logprob_chunk_size)
+                          kernel=kernel_kwargs(config, mesh))
   ref_fn = logprob_fn if gcfg.beta > 0 else None
-  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh)
+  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh,
+                             rules=sampler_rules)
+  # The sampler may lay the same params out differently (e.g. replicated for decoding while
+  # the trainer keeps them FSDP-sharded): an explicit reshard before each rollout.
+  sampler_shardings = (shd.tree_shardings(trainer.param_axes, state.params, mesh, sampler_rules)
+                       if sampler_rules != rules else None)
+  sampler_params = lambda p: p if sampler_shardings is None else shd.reshard(p, sampler_shardings)
   stop_seqs = sampling.stop_sequences_for(tok, split_list(rl.stop_strings))
   sp = sampling.SamplingParams(temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
                                max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
@@ -273,13 +308,17 @@ def run(config) -> dict[str, Any]:
   # Text the template already wrote at the start of the response (e.g. "<think>"): the
   # rewards judge prefix + completion.
   prefix = response_prefix(config.data.template)
+  from r1jax.rewards.registry import parse_reward_spec
+  in_spec = {name for name, _ in parse_reward_spec(config.rewards.spec)}
   reward_kwargs = {"format": {"full": config.rewards.format_full,
                               "partial": config.rewards.format_partial}}
+  # Only for functions of the spec (the pool rejects kwargs of absent functions).
+  reward_kwargs = {k: v for k, v in reward_kwargs.items() if k in in_spec}
   rewards = RewardComputer(config.rewards.spec, num_workers=config.rewards.num_workers,
                            timeout_s=config.rewards.timeout_s, fn_kwargs=reward_kwargs)
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
-  writer = MetricsWriter(run_dir)
-  data_iter = data.train_iterator(B)
+  writer = MetricsWriter(run_dir) if is_main else _NullWriter()
+  data_iter = data.train_iterator(B, shard_index=pidx, shard_count=nproc)
   start_step = 0
   if config.resume:
     latest = checkpointer.latest_step()
@@ -300,19 +339,22 @@ def run(config) -> dict[str, Any]:
   base_key = jax.random.key(config.seed)
   guard = trainer_lib.PreemptionGuard()
   progress = ProgressBar(config.steps, initial=start_step,
-                         keys=("reward", "accuracy", "format_rate", "response_len_mean", "step_s"))
+                         keys=("reward", "accuracy", "format_rate", "response_len_mean", "step_s"),
+                         disable=not is_main)
   last: dict[str, Any] = {}
 
   def run_eval(step):
     t0 = time.perf_counter()
-    m, samples = evaluate(state.params, sampler, tok, rewards, eval_examples, config,
+    m, samples = evaluate(sampler_params(state.params), sampler, tok, rewards, eval_examples,
+                          config,
                           jax.random.fold_in(jax.random.fold_in(base_key, 10 ** 9), step), sp,
                           prefix)
     m["seconds"] = time.perf_counter() - t0
     writer.write(step, m, prefix="eval/")
     writer.write_samples(step, samples)
-    progress.write(f"eval @ step {step}: " + ", ".join(
-        f"{k}={v:.3f}" for k, v in m.items() if k.startswith(("accuracy", "format"))))
+    if is_main:
+      progress.write(f"eval @ step {step}: " + ", ".join(
+          f"{k}={v:.3f}" for k, v in m.items() if k.startswith(("accuracy", "format"))))
     last.update({f"eval/{k}": v for k, v in m.items()})
 
   def save(step):
@@ -326,15 +368,19 @@ def run(config) -> dict[str, Any]:
     while step < config.steps:
       t0 = time.perf_counter()
       key = jax.random.fold_in(base_key, step)
-      ro = _rollout_with_dynamic_sampling(state.params, sampler, sp, tok, rewards, data_iter,
-                                          key, B, G, rl, prefix)
-      adv = grpo_lib.group_advantages(ro.rewards.total.reshape(B, G), rl.advantage_scaling)
-      batch = build_batch(ro.prompt_ids, ro.prompt_lengths, ro.out, adv, rl.mask_truncated)
-      mask = batch.pop("mask")
+      ro = _rollout_with_dynamic_sampling(sampler_params(state.params), sampler, sp, tok,
+                                          rewards, data_iter, key, b, G, rl, prefix)
+      # Advantages and loss weights need the whole batch: gather the (small) per-process
+      # rewards and masks, compute globally, keep this process's rows.
+      gro = _global_view(ro) if nproc > 1 else ro
+      mine = slice(pidx * b, (pidx + 1) * b)
+      adv = grpo_lib.group_advantages(gro.rewards.total.reshape(B, G), rl.advantage_scaling)
+      batch = build_batch(ro.prompt_ids, ro.prompt_lengths, ro.out, adv[mine], rl.mask_truncated)
+      mask = shd.process_allgather(batch.pop("mask"))
       weights, denom = grpo_lib.loss_weights(mask.reshape(B * G, -1), gcfg.aggregation,
                                              gcfg.max_completion_len)
-      batch["weights"] = weights.reshape(mask.shape)
-      batch["metric_weights"] = grpo_lib.token_mean_weights(mask)
+      batch["weights"] = weights.reshape(mask.shape)[mine]
+      batch["metric_weights"] = grpo_lib.token_mean_weights(mask)[mine]
       batch.pop("old_logp")  # the sampler's; recomputed below with the training forward
       t_ref = time.perf_counter()
       if ref_fn is not None:
@@ -351,22 +397,23 @@ def run(config) -> dict[str, Any]:
       m = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(ms))  # mean over mu updates
       t_end = time.perf_counter()
       step += 1
-      metrics = _step_metrics(ro, m, G, schedule((step - 1) * rl.num_iterations))
+      metrics = _step_metrics(gro, m, G, schedule((step - 1) * rl.num_iterations))
       metrics.update({"seconds/rollout": ro.seconds_rollout, "seconds/reward": ro.seconds_reward,
                       "seconds/reference": t_update - t_ref, "seconds/update": t_end - t_update,
                       "step_s": t_end - t0,
-                      "rollout_tokens_per_s": float(ro.out.lengths.sum()) / ro.seconds_rollout})
+                      "rollout_tokens_per_s": float(gro.out.lengths.sum()) / ro.seconds_rollout})
       writer.write(step, metrics)
       progress.update(step, metrics)
       last = dict(metrics)
       if config.log.samples_every and step % config.log.samples_every == 0:
         writer.write_samples(step, _samples(ro, config.log.num_samples))
       is_last = step == config.steps
+      stop = guard.should_stop()  # every process stops (and saves) at the same step
       # Save before evaluating: after a SIGTERM the grace period may not cover an eval.
-      if is_last or guard.requested or (config.checkpoint.every_steps and
-                                        step % config.checkpoint.every_steps == 0):
+      if is_last or stop or (config.checkpoint.every_steps and
+                             step % config.checkpoint.every_steps == 0):
         save(step)
-      if guard.requested:
+      if stop:
         logging.warning("stopping at step %d after a signal; resume with --config.resume=True",
                         step)
         break
@@ -382,7 +429,7 @@ def run(config) -> dict[str, Any]:
     rewards.close()
     checkpointer.close()
   last["wall_s"] = time.perf_counter() - t_start
-  if config.log.plot:
+  if config.log.plot and is_main:
     _plot(run_dir)
   logging.info("done: %s", json.dumps({k: v for k, v in last.items()
                                        if isinstance(v, (int, float))})[:3000])
@@ -400,9 +447,11 @@ def _optim_with_steps(config):
 
 
 def _rollout(params, sampler, sp, tok, rewards, examples, key, G, prefix) -> Rollout:
+  """Samples, texts and rewards of `examples` (this process's share of the step's prompts:
+  the sampler runs on the global mesh, each process scores its own completions)."""
   t0 = time.perf_counter()
-  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples])
-  out = sampler(params, (ids, lengths), key, num_samples=G, sampling=sp)
+  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples], process_local=True)
+  out = sampler(params, (ids, lengths), key, num_samples=G, sampling=sp, process_local=True)
   t1 = time.perf_counter()
   B = len(examples)
   texts = [prefix + tok.decode(out.tokens[b, g, :out.lengths[b, g]])
@@ -431,6 +480,29 @@ def _rollout_with_dynamic_sampling(params, sampler, sp, tok, rewards, data_iter,
     kept += [(p, b) for p in range(len(pool)) for b in range(B) if (p, b) not in used]
   kept = kept[:B]
   return _select_groups(pool, kept, G, sampler)
+
+
+class _NullWriter:
+  """Stands in for MetricsWriter on processes other than 0 (they write no run files)."""
+
+  def __getattr__(self, name):
+    return lambda *args, **kwargs: {}
+
+
+def _global_view(ro: Rollout) -> Rollout:
+  """The step's whole rollout as far as metrics and advantages need it (rewards, lengths,
+  finished flags, format flags), gathered from all processes in process order."""
+  g = shd.process_allgather
+  res = ro.rewards
+  rewards = dataclasses.replace(res, total=g(res.total),
+                                per_function={k: g(v) for k, v in res.per_function.items()},
+                                timed_out=g(res.timed_out), errors=g(res.errors))
+  out = sampling.SampleOutput(None, g(ro.out.lengths), None, g(ro.out.finished),
+                              ro.out.num_steps)
+  fmt = g(np.asarray([format_ok(t) for t in ro.texts], bool))
+  view = Rollout([], None, None, out, None, rewards, ro.seconds_rollout, ro.seconds_reward)
+  view.format_flags = fmt
+  return view
 
 
 def _informative_groups(ro: Rollout, G: int) -> list[tuple[int, int]]:
@@ -463,7 +535,8 @@ def _step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
   metrics = {"reward": float(res.total.mean()),
              "reward_std_in_group": float(res.total.reshape(-1, G).std(axis=1).mean()),
              "accuracy": float(res.per_function.get("accuracy", np.zeros(1)).mean()),
-             "format_rate": float(np.mean([format_ok(t) for t in ro.texts])),
+             "format_rate": float(np.mean(getattr(ro, "format_flags", None) if
+                                          ro.texts is None else [format_ok(t) for t in ro.texts])),
              "response_len_mean": float(lengths.mean()),
              "response_len_max": float(lengths.max()),
              "truncation_rate": float(1.0 - ro.out.finished.mean()),

@@ -87,10 +87,14 @@ class Trainer:
     loss_fn: (params, micro_batch dict, denominator) -> (loss, metrics dict of scalars).
     optimizer: optax transformation.
     num_micro_batches: gradient-accumulation steps per update.
+    rules: logical-axis -> mesh-axis rules (r1jax.sharding.PRESETS / config_rules) for the
+      params, optimizer state and batches.
   """
 
-  def __init__(self, mesh, param_axes, loss_fn, optimizer, num_micro_batches: int = 1):
+  def __init__(self, mesh, param_axes, loss_fn, optimizer, num_micro_batches: int = 1,
+               rules: Optional[dict] = None):
     self.mesh = mesh
+    self.rules = dict(rules if rules is not None else shd.DEFAULT_RULES)
     self.param_axes = param_axes
     self.loss_fn = loss_fn
     self.optimizer = optimizer
@@ -100,11 +104,12 @@ class Trainer:
 
   # ------------------------------------------------------------------ state
   def param_shardings(self, params_shapes):
-    return shd.tree_shardings(self.param_axes, params_shapes, self.mesh)
+    return shd.tree_shardings(self.param_axes, params_shapes, self.mesh, self.rules)
 
   def shard_params(self, params):
-    """Place a host/param tree on the mesh according to its logical axes."""
-    return jax.device_put(params, self.param_shardings(params))
+    """Place a host/param tree on the mesh according to its logical axes (with several
+    processes every process must pass the same values)."""
+    return shd.reshard(params, self.param_shardings(params))
 
   def init_state(self, params) -> TrainState:
     """Sharded TrainState from (already sharded or host) params."""
@@ -157,7 +162,8 @@ class Trainer:
 
   def _jit_update(self, batch):
     """The jitted update with explicit in/out shardings for this batch structure."""
-    batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v)) for k, v in batch.items()}
+    batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v), self.rules)
+                       for k, v in batch.items()}
     return jax.jit(self._build_update(), donate_argnums=(0,),
                    in_shardings=(self.state_shardings, batch_shardings,
                                  shd.replicated(self.mesh)),
@@ -167,13 +173,17 @@ class Trainer:
     """One optimizer step on `batch` (leaves [S, ...], S divisible by num_micro_batches and
     S / num_micro_batches by the batch shards); returns (new state, metrics on device).
 
+    With several processes, host (NumPy) leaves hold this process's rows only (see
+    shard_batch); S counts the global rows.
+
     Raises:
       ValueError: the batch does not split into micro-batches as configured.
     """
-    S = len(next(iter(batch.values())))
-    if S % self.num_micro or (S // self.num_micro) % shd.batch_divisor(self.mesh):
+    S = self._global_rows(batch)
+    div = shd.batch_divisor(self.mesh, self.rules)
+    if S % self.num_micro or (S // self.num_micro) % div:
       raise ValueError(f"batch of {S} rows does not split into {self.num_micro} micro-batches "
-                       f"that are multiples of the {shd.batch_divisor(self.mesh)} batch shards")
+                       f"that are multiples of the {div} batch shards")
     keys = tuple(sorted(batch))
     if self._update is None or self._update[0] != keys:
       self._update = (keys, self._jit_update(batch))
@@ -181,9 +191,41 @@ class Trainer:
     state, metrics = self._update[1](state, batch, jnp.float32(denominator))
     return state, metrics
 
-  def shard_batch(self, batch: dict[str, np.ndarray]):
-    return {k: jax.device_put(v, shd.batch_sharding(self.mesh, np.ndim(v)))
-            for k, v in batch.items()}
+  @staticmethod
+  def _global_rows(batch) -> int:
+    x = next(iter(batch.values()))
+    if isinstance(x, jax.Array):
+      return x.shape[0]
+    return len(x) * jax.process_count()
+
+  def shard_batch(self, batch: dict[str, Any]):
+    """Batch leaves as global arrays with the batch sharding.
+
+    Host leaves are this process's rows of the global batch (the whole batch in a
+    single-process run); jax.Array leaves are taken as global already and only resharded.
+    """
+    out = {}
+    for k, v in batch.items():
+      sh = shd.batch_sharding(self.mesh, np.ndim(v), self.rules)
+      out[k] = (shd.reshard(v, sh) if isinstance(v, jax.Array)
+                else shd.global_batch(np.asarray(v), sh, process_local=True))
+    return out
+
+  def memory_analysis(self, state: TrainState, batch: dict[str, np.ndarray],
+                      denominator: float) -> dict[str, int]:
+    """Per-device bytes of the compiled update for this batch (XLA's memory analysis):
+    arguments, outputs, temporaries and their sum `peak_bytes` (an upper bound: donated
+    arguments alias outputs). Compiles the update once more; for tools, not the loop."""
+    fn = self._jit_update(batch)
+    ma = fn.lower(state, self.shard_batch(batch), jnp.float32(denominator)).compile()
+    ma = ma.memory_analysis()
+    out = {"argument_bytes": int(ma.argument_size_in_bytes),
+           "output_bytes": int(ma.output_size_in_bytes),
+           "temp_bytes": int(ma.temp_size_in_bytes),
+           "alias_bytes": int(getattr(ma, "alias_size_in_bytes", 0))}
+    out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
+                         - out["alias_bytes"])
+    return out
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -253,6 +295,13 @@ class PreemptionGuard:
       raise KeyboardInterrupt
     logging.warning("received signal %d: will save a checkpoint and stop after this step", signum)
     self.requested = True
+
+  def should_stop(self) -> bool:
+    """Whether any process got a signal. All processes must call it at the same step
+    (a collective when there are several): they then save and stop together."""
+    if jax.process_count() == 1:
+      return self.requested
+    return bool(shd.process_allgather(np.asarray([self.requested], np.int32)).any())
 
   def restore(self):
     for sig, handler in self._previous.items():
