@@ -9,6 +9,7 @@ STAGES = {
     "generate": "r1jax.stages.generate",
     "grpo": "r1jax.stages.grpo",
     "eval": "r1jax.stages.eval",
+    "sft": "r1jax.stages.sft",
 }
 
 
