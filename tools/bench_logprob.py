@@ -53,10 +53,13 @@ def _compiled(impl, n, d, v, dtype, chunk, backward):
   return fn, fn.lower(*args).compile()
 
 
-def _peak_bytes(compiled):
+def _memory(compiled):
+  """(peak, temp) bytes: arguments + outputs + temporaries, and temporaries alone (the
+  working memory beyond the inputs and the outputs, which every implementation shares)."""
   m = compiled.memory_analysis()
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
-             m.alias_size_in_bytes)
+  peak = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+          m.alias_size_in_bytes)
+  return int(peak), int(m.temp_size_in_bytes)
 
 
 def _time(fn, n, d, v, dtype, reps):
@@ -81,10 +84,11 @@ def main():
   ap.add_argument("--v", default="49152,151936")
   ap.add_argument("--impls", default="", help="default: naive,chunked (+pallas off CPU)")
   ap.add_argument("--dtype", default="", help="default: float32 on CPU, bfloat16 elsewhere")
-  ap.add_argument("--chunk", type=int, default=1024, help="tokens per chunk (chunked / bwd)")
+  ap.add_argument("--chunk", type=int, default=256,
+                  help="tokens per chunk (chunked / bwd); the configs' default is 256")
   ap.add_argument("--reps", type=int, default=3)
   ap.add_argument("--max-tflop", type=float, default=-1.0,
-                  help="time only where 8NDV <= this (default: 0.5 on CPU, unlimited else)")
+                  help="time only where 8NDV <= this (default: 3 on CPU, unlimited else)")
   ap.add_argument("--max-mem-gb", type=float, default=-1.0,
                   help="time only programs whose peak fits (default: 60%% of RAM / device)")
   a = ap.parse_args()
@@ -94,7 +98,7 @@ def main():
   impls = a.impls.split(",") if a.impls else (
       ["naive", "chunked"] + ([] if backend == "cpu" else ["pallas"]))
   dtype = jnp.dtype(a.dtype or ("float32" if backend == "cpu" else "bfloat16"))
-  max_tflop = a.max_tflop if a.max_tflop >= 0 else (0.5 if backend == "cpu" else 1e9)
+  max_tflop = a.max_tflop if a.max_tflop >= 0 else (3.0 if backend == "cpu" else 1e9)
   if a.max_mem_gb >= 0:
     max_mem = a.max_mem_gb * 2 ** 30
   else:
@@ -105,8 +109,9 @@ def main():
 
   print(f"device: {dev.device_kind} ({backend}), dtype {dtype.name}, chunk {a.chunk}, "
         f"timing where 8NDV <= {max_tflop:g} TFLOP and peak <= {max_mem / 2**30:.1f} GiB")
-  print(f"{'N':>6} {'D':>5} {'V':>7} {'impl':>8} | {'fwd MiB':>9} {'f+b MiB':>9} | "
-        f"{'fwd ms':>9} {'f+b ms':>9} | {'fwd TF/s':>8} {'f+b TF/s':>8} | mem/naive  time/naive")
+  print(f"{'N':>6} {'D':>5} {'V':>7} {'impl':>8} | {'fwd MiB':>9} {'f+b MiB':>9} "
+        f"{'f+b tmp':>9} | {'fwd ms':>9} {'f+b ms':>9} | {'fwd TF/s':>8} {'f+b TF/s':>8} | "
+        f"mem/naive tmp/naive time/naive")
   results = []
   for n in _parse_ints(a.n):
     for d in _parse_ints(a.d):
@@ -116,7 +121,7 @@ def main():
           r = {"n": n, "d": d, "v": v, "impl": impl, "dtype": dtype.name}
           for phase, bwd in (("fwd", False), ("fwd_bwd", True)):
             fn, comp = _compiled(impl, n, d, v, dtype, a.chunk, bwd)
-            r[f"{phase}_peak_bytes"] = _peak_bytes(comp)
+            r[f"{phase}_peak_bytes"], r[f"{phase}_temp_bytes"] = _memory(comp)
             flop = (8 if bwd else 2) * n * d * v
             if flop / 1e12 <= max_tflop and r[f"{phase}_peak_bytes"] <= max_mem:
               s = _time(fn, n, d, v, dtype, a.reps)
@@ -130,6 +135,7 @@ def main():
         for impl, r in rows.items():
           if base is not None:
             r["fwd_bwd_mem_ratio_vs_naive"] = r["fwd_bwd_peak_bytes"] / base["fwd_bwd_peak_bytes"]
+            r["fwd_bwd_temp_ratio_vs_naive"] = r["fwd_bwd_temp_bytes"] / base["fwd_bwd_temp_bytes"]
             r["fwd_mem_ratio_vs_naive"] = r["fwd_peak_bytes"] / base["fwd_peak_bytes"]
             for ph in ("fwd", "fwd_bwd"):
               if r[f"{ph}_s"] and base[f"{ph}_s"]:
@@ -138,9 +144,11 @@ def main():
           fmt_tf = lambda k: f"{r[k]:8.3f}" if r.get(k) else f"{'-':>8}"
           tr = r.get("fwd_bwd_time_ratio_vs_naive")
           print(f"{n:>6} {d:>5} {v:>7} {impl:>8} | {r['fwd_peak_bytes'] / 2**20:9.0f} "
-                f"{r['fwd_bwd_peak_bytes'] / 2**20:9.0f} | {fmt_ms(r['fwd_s'])} "
-                f"{fmt_ms(r['fwd_bwd_s'])} | {fmt_tf('fwd_tflops')} {fmt_tf('fwd_bwd_tflops')} | "
-                f"{r.get('fwd_bwd_mem_ratio_vs_naive', float('nan')):9.3f}  "
+                f"{r['fwd_bwd_peak_bytes'] / 2**20:9.0f} {r['fwd_bwd_temp_bytes'] / 2**20:9.0f} | "
+                f"{fmt_ms(r['fwd_s'])} {fmt_ms(r['fwd_bwd_s'])} | {fmt_tf('fwd_tflops')} "
+                f"{fmt_tf('fwd_bwd_tflops')} | "
+                f"{r.get('fwd_bwd_mem_ratio_vs_naive', float('nan')):9.3f} "
+                f"{r.get('fwd_bwd_temp_ratio_vs_naive', float('nan')):9.3f}  "
                 f"{'-' if tr is None else f'{tr:.2f}'}", flush=True)
           results.append(r)
   goal = [r for r in results if r["n"] == 16384 and r["v"] == 151936 and r["impl"] != "naive"]
@@ -148,7 +156,10 @@ def main():
              "chunk": a.chunk, "results": results,
              "goal_mem_ratio_n16384_v151936": {f"{r['impl']}_d{r['d']}":
                                                r.get("fwd_bwd_mem_ratio_vs_naive")
-                                               for r in goal}}
+                                               for r in goal},
+             "goal_temp_ratio_n16384_v151936": {f"{r['impl']}_d{r['d']}":
+                                                r.get("fwd_bwd_temp_ratio_vs_naive")
+                                                for r in goal}}
   print(json.dumps(summary))
 
 
