@@ -111,6 +111,19 @@ def get_config() -> ConfigDict:
   # Reward worker processes (0 = inline, no timeout) and per-sample timeout (seconds).
   c.rewards.num_workers = 2
   c.rewards.timeout_s = 10.0
+  # All-scenario RL (R1 stage 4, r1jax/rewards/routing.py; configs/all_scenario_rl.py):
+  # reward-model directories (the reward_model stage's run_dir/reward_model, "" = none).
+  # With either set, prompts of kind "reasoning" get the rule rewards above and prompts of
+  # kind "general" (JSONL field "kind") get weight * RM score: helpfulness on the summary
+  # (text after the last summary marker), harmlessness on the whole response.
+  c.rewards.helpfulness_rm = ""
+  c.rewards.harmlessness_rm = ""
+  c.rewards.helpfulness_weight = 1.0
+  c.rewards.harmlessness_weight = 1.0
+  c.rewards.summary_markers = "</think>"
+  # RM scoring: sequences per jitted batch; token limit (0 = the RM's training seq_len).
+  c.rewards.rm_batch_size = 16
+  c.rewards.rm_max_len = 0
 
   c.optim = ConfigDict()
   c.optim.learning_rate = 1e-5

@@ -158,8 +158,12 @@ def _parse_record(line: bytes, lineno: int, name: str) -> dict:
     raise ValueError(f'"prompt" must be a string, got {type(prompt).__name__}')
   if not prompt.strip():
     raise ValueError('empty "prompt"')
-  # Code problems (task "code") are judged by their tests (r1jax.rewards.code): no answer.
-  is_code = rec.get("task") == "code"
+  # Code problems (task "code") are judged by their tests (r1jax.rewards.code) and general
+  # prompts (kind "general", all-scenario RL) by reward models: no answer needed.
+  kind = rec.get("kind", "reasoning")
+  if kind not in ("reasoning", "general"):
+    raise ValueError(f'"kind" must be "reasoning" or "general", got {kind!r}')
+  is_code = rec.get("task") == "code" or kind == "general"
   if ("answer" not in rec or rec["answer"] is None) and not is_code:
     raise ValueError('missing "answer"')
   answer = "" if rec.get("answer") is None else rec["answer"]
@@ -169,7 +173,7 @@ def _parse_record(line: bytes, lineno: int, name: str) -> dict:
   answer = answer if isinstance(answer, str) else str(answer)
   if not answer.strip() and not is_code:
     raise ValueError('empty "answer"')
-  task = rec.get("task", "math")
+  task = rec.get("task", "general" if kind == "general" else "math")
   if not isinstance(task, str) or not task.strip():
     raise ValueError(f'"task" must be a non-empty string, got {task!r}')
   ex_id = rec.get("id", f"{name}:{lineno}")
@@ -231,7 +235,9 @@ def jsonl_examples(path: str | os.PathLike, *, on_error: str = "raise") -> list[
     "prompt" (non-empty str, required) -> question,
     "answer" (non-empty str, or a number converted with str(); required except for
       task "code", whose tests live in metadata: see r1jax.rewards.code),
-    "task" (str, optional, default "math"),
+    "task" (str, optional, default "math"; "general" for kind "general"),
+    "kind" (optional, "reasoning" (default) or "general": a general prompt needs no answer and
+      is scored by reward models in all-scenario RL, r1jax.rewards.routing; kept in metadata),
     "id" (str or int, optional, default "{file name}:{line}"),
     "metadata" (object, optional); any other field is added to metadata (an explicit metadata
     entry of the same name wins).

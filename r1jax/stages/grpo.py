@@ -316,6 +316,10 @@ def run(config) -> dict[str, Any]:
   reward_kwargs = {k: v for k, v in reward_kwargs.items() if k in in_spec}
   rewards = RewardComputer(config.rewards.spec, num_workers=config.rewards.num_workers,
                            timeout_s=config.rewards.timeout_s, fn_kwargs=reward_kwargs)
+  if config.rewards.get("helpfulness_rm") or config.rewards.get("harmlessness_rm"):
+    # All-scenario RL (R1 stage 4): reward models score the prompts of kind "general".
+    from r1jax.rewards.routing import routed_rewards_from_config
+    rewards = routed_rewards_from_config(config.rewards, rewards)
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
   writer = MetricsWriter(run_dir) if is_main else _NullWriter()
   data_iter = data.train_iterator(B, shard_index=pidx, shard_count=nproc)
