@@ -111,6 +111,12 @@ def get_config() -> ConfigDict:
   # Reward worker processes (0 = inline, no timeout) and per-sample timeout (seconds).
   c.rewards.num_workers = 2
   c.rewards.timeout_s = 10.0
+  # Code reward (spec "code:1.0,..."; docs/code_reward.md): all-or-nothing instead of the
+  # fraction of tests passed; per-test wall limit and per-sample budget (keep the budget
+  # about 1 s under rewards.timeout_s).
+  c.rewards.code_binary = False
+  c.rewards.code_test_timeout_s = 2.0
+  c.rewards.code_total_timeout_s = 4.0
   # All-scenario RL (R1 stage 4, r1jax/rewards/routing.py; configs/all_scenario_rl.py):
   # reward-model directories (the reward_model stage's run_dir/reward_model, "" = none).
   # With either set, prompts of kind "reasoning" get the rule rewards above and prompts of

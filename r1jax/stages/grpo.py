@@ -311,7 +311,10 @@ def run(config) -> dict[str, Any]:
   from r1jax.rewards.registry import parse_reward_spec
   in_spec = {name for name, _ in parse_reward_spec(config.rewards.spec)}
   reward_kwargs = {"format": {"full": config.rewards.format_full,
-                              "partial": config.rewards.format_partial}}
+                              "partial": config.rewards.format_partial},
+                   "code": {"binary": config.rewards.code_binary,
+                            "timeout_s": config.rewards.code_test_timeout_s,
+                            "total_timeout_s": config.rewards.code_total_timeout_s}}
   # Only for functions of the spec (the pool rejects kwargs of absent functions).
   reward_kwargs = {k: v for k, v in reward_kwargs.items() if k in in_spec}
   rewards = RewardComputer(config.rewards.spec, num_workers=config.rewards.num_workers,
