@@ -69,6 +69,17 @@ def get_config() -> ConfigDict:
   # Global-norm gradient clipping (0 = off).
   c.optim.max_grad_norm = 1.0
 
+  c.distill = ConfigDict()
+  # Logit distillation (r1jax/losses/distill.py): loss = (1 - alpha) * NLL
+  # + alpha * T^2 * KL_T(teacher || student) on the response tokens. teacher: model source
+  # of the frozen teacher ("" = off, plain SFT); it must share the student's vocabulary.
+  c.distill.teacher = ""
+  c.distill.alpha = 0.5
+  # Softmax temperature T of both models in the KL term (Hinton et al. 2015).
+  c.distill.temperature = 1.0
+  # Tokens per chunk of the KL (memory ~ chunk x vocab floats per model).
+  c.distill.chunk_size = 256
+
   c.eval = ConfigDict()
   # Held-out loss every N steps (and at the end; 0 = only at the end).
   c.eval.every_steps = 10

@@ -10,6 +10,9 @@ STAGES = {
     "grpo": "r1jax.stages.grpo",
     "eval": "r1jax.stages.eval",
     "sft": "r1jax.stages.sft",
+    "pipeline": "r1jax.stages.pipeline",
+    "rejection_sampling": "r1jax.stages.rejection_sampling",
+    "reward_model": "r1jax.stages.reward_model",
 }
 
 

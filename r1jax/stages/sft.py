@@ -58,12 +58,40 @@ def validate_config(config) -> None:
   if config.export.dtype not in ("float32", "bfloat16", "float16"):
     raise ValueError(f"export.dtype must be float32, bfloat16 or float16, got "
                      f"{config.export.dtype!r}")
+  d = config.get("distill")
+  if d is not None and d.teacher:
+    if not 0.0 <= d.alpha <= 1.0:
+      raise ValueError(f"distill.alpha must be in [0, 1], got {d.alpha}")
+    if not d.temperature > 0:
+      raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
+    if d.chunk_size < 1:
+      raise ValueError(f"distill.chunk_size must be >= 1, got {d.chunk_size}")
 
 
 def _optim(config, steps: int):
   o = config.optim.to_dict()
   o["decay_steps"] = max(steps, 1)
   return ConfigDict(o)
+
+
+def _distill_trainer(config, cfg, mesh, kernel, optimizer, num_micro):
+  """A DistillTrainer with the frozen teacher of config.distill (r1jax.losses.distill).
+
+  Raises:
+    ValueError: the teacher's vocabulary differs from the student's.
+  """
+  from r1jax.losses import distill as distill_lib
+  d = config.distill
+  t_cfg, t_params = models.from_pretrained(d.teacher, dtype=config.dtype,
+                                           param_dtype=config.param_dtype)
+  distill_lib.check_vocab(cfg, t_cfg)
+  logging.info("logit distillation from %s (%.1fM params): alpha=%s, T=%s", d.teacher,
+               t_cfg.num_params() / 1e6, d.alpha, d.temperature)
+  loss = distill_lib.make_loss_fn(cfg, t_cfg, alpha=d.alpha, temperature=d.temperature,
+                                  chunk_size=d.chunk_size, kernel=kernel, remat=config.remat)
+  return distill_lib.DistillTrainer(mesh, models.param_logical_axes(cfg), loss, optimizer,
+                                    num_micro, teacher_params=t_params,
+                                    teacher_axes=models.param_logical_axes(t_cfg))
 
 
 def make_eval_fn(loss_fn):
@@ -117,8 +145,12 @@ def run(config) -> dict[str, Any]:
   kernel = kernel_lib.kwargs_from_config(config.kernels, mesh,
                                          shd.batch_sharding(mesh, 1).spec[0])
   loss_fn = sft_lib.make_loss_fn(cfg, kernel=kernel, remat=config.remat)
-  trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
-                                num_micro)
+  if config.get("distill") is not None and config.distill.teacher:
+    # Logit distillation; the eval loss stays the plain NLL (loss_fn).
+    trainer = _distill_trainer(config, cfg, mesh, kernel, optimizer, num_micro)
+  else:
+    trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
+                                  num_micro)
   state = trainer.init_state(host_params)
   del host_params
   eval_fn = make_eval_fn(loss_fn)

@@ -1,0 +1,75 @@
+"""The full DeepSeek-R1 recipe as one resumable run (stage `pipeline`, R1_SPEC section 1).
+
+  python -m r1jax.main --config=configs/pipeline.py [--config.run_dir=runs/r1]
+  python -m r1jax.main --config=configs/pipeline.py --config.stages.distill.enabled=True
+
+Stages (run in `order`, each in run_dir/<name>, each a stage config file + `overrides`):
+  1. cold_start_sft   SFT of the base model on long-CoT examples (configs/cold_start_sft.py)
+  2. reasoning_rl     GRPO, accuracy + language consistency (configs/reasoning_rl.py)
+  3. rejection_sampling  samples from the stage-2 model, kept when correct (data output)
+  4. sft              SFT on the rejection-sampling output (its train.jsonl). R1_SPEC: "SFT
+                      of the *base* model for 2 epochs on those ~800k": model_from="base";
+                      set model_from="reasoning_rl" to continue from the RL model instead
+  5. reward_model     preference reward model (Bradley-Terry) from the stage-3 SFT model
+  6. all_scenario_rl  GRPO from the stage-3 SFT model, rule + reward-model rewards
+  7. distill          (off by default) SFT of a student on the stage-3 samples; set
+                      teacher_from="all_scenario_rl" for logit distillation too
+  8. eval             pass@1 / pass@k / cons@n of the final model
+The R1 model (final_from) is exported to run_dir/final_hf. A stage with run_dir/<name>/DONE
+is skipped; an interrupted stage resumes from its checkpoint when the command is re-run.
+A stage whose kind is not in r1jax.stages.STAGES fails with a clear error when reached.
+"""
+import os
+
+from ml_collections import ConfigDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def stage(config, model_from="", data_from="", teacher_from="", inputs="", data_output="",
+          model_output="", enabled=True, **overrides):
+  """One pipeline entry: a stage config file (in configs/) + overrides + input wiring."""
+  return ConfigDict(dict(config=os.path.join(HERE, config), model_from=model_from,
+                         data_from=data_from, teacher_from=teacher_from, inputs=inputs,
+                         data_output=data_output, model_output=model_output,
+                         enabled=enabled, overrides=ConfigDict(overrides)))
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.stage = "pipeline"
+  # Stage outputs go to run_dir/<stage name>; the final model to run_dir/final_hf.
+  c.run_dir = "runs/r1"
+  # The base model of stages with model_from="base" (and its tokenizer, "" = the same).
+  c.model = "smollm2-135m-instruct"
+  c.tokenizer = ""
+  # Comma-separated stage names, run in this order (entries of `stages`).
+  c.order = ("cold_start_sft,reasoning_rl,rejection_sampling,sft,reward_model,"
+             "all_scenario_rl,distill,eval")
+  # The stage whose model is the pipeline's result (copied to run_dir/final_hf).
+  c.final_from = "all_scenario_rl"
+  # dtype of the HF export of GRPO checkpoints.
+  c.export_dtype = "float32"
+  # model_from: "base" | an earlier stage (its HF export) | "" (the stage config's model).
+  # data_from: an earlier stage whose data output becomes data.train_jsonl.
+  # teacher_from: an earlier stage whose model becomes distill.teacher.
+  # inputs: "config.key=stage[:output],..." any other key from an earlier stage's output
+  #   (output: model | data | report; default model).
+  # data_output / model_output: the file / directory (in the stage's run_dir or out_dir) that
+  #   a stage other than sft / grpo / eval produces.
+  c.stages = ConfigDict()
+  c.stages.cold_start_sft = stage("cold_start_sft.py", model_from="base")
+  c.stages.reasoning_rl = stage("reasoning_rl.py", model_from="cold_start_sft")
+  c.stages.rejection_sampling = stage("rejection_sampling.py", model_from="reasoning_rl",
+                                      data_output="train.jsonl")
+  c.stages.sft = stage("sft.py", model_from="base", data_from="rejection_sampling",
+                       steps=0, num_epochs=2.0)
+  # Preference reward model for the general prompts of stage 4, initialised from the stage-3
+  # SFT model; needs --config.stages.reward_model.overrides.data.train_jsonl=prefs.jsonl.
+  c.stages.reward_model = stage("reward_model.py", model_from="sft",
+                                model_output="reward_model")
+  c.stages.all_scenario_rl = stage("all_scenario_rl.py", model_from="sft",
+                                   inputs="rewards.helpfulness_rm=reward_model")
+  c.stages.distill = stage("distill.py", data_from="rejection_sampling", enabled=False)
+  c.stages.eval = stage("eval.py", model_from="all_scenario_rl", checkpoint="")
+  return c
