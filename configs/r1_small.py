@@ -36,7 +36,8 @@ def get_config() -> ConfigDict:
   s = ConfigDict()
   s.eval_base = stage("eval.py", model_from="base", **EVAL)
   s.cold_start_sft = stage(
-      "cold_start_sft.py", model_from="base", steps=12, num_epochs=0.0,
+      "cold_start_sft.py", model_from="base", steps=30, num_epochs=0.0,
+      optim=dict(learning_rate=1e-4),
       data=dict(train_jsonl=os.path.join(_HERE, "..", "runs", "r1_small", "cold_start.jsonl"),
                 seq_len=512, eval_size=8))
   s.eval_cold_start_sft = stage("eval.py", model_from="cold_start_sft", **EVAL)
