@@ -31,7 +31,7 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from r1jax.data.sft_data import tokenize_messages
+from r1jax.data.sft_data import resolve_data_config, tokenize_messages
 from r1jax.data.sources import _open_lines
 
 __all__ = ["PreferencePair", "PreferenceData", "PairBatchIterator", "default_preference_data_config",
@@ -245,16 +245,6 @@ def build_pair_batch(pairs: Sequence[PreferencePair], seq_len: int, pad_id: int,
 
 
 # ---------------------------------------------------------------------------------- dataset
-def _config_dict(config: Any) -> dict:
-  d = default_preference_data_config().to_dict()
-  given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-  unknown = set(given) - set(d)
-  if unknown:
-    raise ValueError(f"unknown preference data config keys: {sorted(unknown)}")
-  d.update(given)
-  return d
-
-
 class PreferenceData:
   """Tokenised train and held-out preference pairs of a config (built eagerly, counts exact).
 
@@ -268,17 +258,8 @@ class PreferenceData:
   """
 
   def __init__(self, config: Any, tokenizer):
-    c = _config_dict(config)
-    if c["source"] not in SOURCES:
-      raise ValueError(f"data.source must be one of {SOURCES}, got {c['source']!r}")
-    if c["format"] not in FORMATS:
-      raise ValueError(f"data.format must be one of {FORMATS}, got {c['format']!r}")
-    if c["overlong"] not in OVERLONG:
-      raise ValueError(f"data.overlong must be one of {OVERLONG}, got {c['overlong']!r}")
-    if int(c["seq_len"]) < 2:
-      raise ValueError(f"data.seq_len must be >= 2, got {c['seq_len']}")
-    if int(c["eval_size"]) < 0:
-      raise ValueError(f"data.eval_size must be >= 0, got {c['eval_size']}")
+    c = resolve_data_config(default_preference_data_config(), config, "preference", SOURCES,
+                            OVERLONG)
     self.config, self.tokenizer = c, tokenizer
     self.seq_len = int(c["seq_len"])
     self.counts = {"malformed": 0, "train_records": 0, "eval_records": 0, "overlong_skipped": 0,

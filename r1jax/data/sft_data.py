@@ -388,13 +388,31 @@ def build_batch(examples: Sequence[SFTExample], rows: Sequence[Sequence[int]], s
 
 
 # ---------------------------------------------------------------------------------- dataset
-def _config_dict(config: Any) -> dict:
-  d = default_sft_data_config().to_dict()
-  given = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+def resolve_data_config(defaults: ConfigDict, config: Any, what: str, sources: Sequence[str],
+                        overlong: Sequence[str] = OVERLONG) -> dict:
+  """`config` over `defaults` as a dict, with the checks every supervised loader shares.
+
+  Args:
+    defaults: the loader's default config; config: ConfigDict / dict / None.
+    what: name in error messages ("SFT", "preference").
+    sources, overlong: the allowed `source` and `overlong` values.
+
+  Raises:
+    ValueError: unknown keys, or source / format / overlong / seq_len / eval_size out of range.
+  """
+  d = defaults.to_dict()
+  given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
   unknown = set(given) - set(d)
   if unknown:
-    raise ValueError(f"unknown SFT data config keys: {sorted(unknown)}")
+    raise ValueError(f"unknown {what} data config keys: {sorted(unknown)}")
   d.update(given)
+  for key, allowed in (("source", sources), ("format", FORMATS), ("overlong", overlong)):
+    if d[key] not in allowed:
+      raise ValueError(f"data.{key} must be one of {tuple(allowed)}, got {d[key]!r}")
+  if int(d["seq_len"]) < 2:
+    raise ValueError(f"data.seq_len must be >= 2, got {d['seq_len']}")
+  if int(d["eval_size"]) < 0:
+    raise ValueError(f"data.eval_size must be >= 0, got {d['eval_size']}")
   return d
 
 
@@ -411,17 +429,7 @@ class SFTData:
   """
 
   def __init__(self, config: Any, tokenizer):
-    c = _config_dict(config)
-    if c["source"] not in SOURCES:
-      raise ValueError(f"data.source must be one of {SOURCES}, got {c['source']!r}")
-    if c["format"] not in FORMATS:
-      raise ValueError(f"data.format must be one of {FORMATS}, got {c['format']!r}")
-    if c["overlong"] not in OVERLONG:
-      raise ValueError(f"data.overlong must be one of {OVERLONG}, got {c['overlong']!r}")
-    if int(c["seq_len"]) < 2:
-      raise ValueError(f"data.seq_len must be >= 2, got {c['seq_len']}")
-    if int(c["eval_size"]) < 0:
-      raise ValueError(f"data.eval_size must be >= 0, got {c['eval_size']}")
+    c = resolve_data_config(default_sft_data_config(), config, "SFT", SOURCES)
     self.config, self.tokenizer = c, tokenizer
     self.seq_len = int(c["seq_len"])
     self.counts = {"malformed": 0, "train_records": 0, "eval_records": 0, "overlong_skipped": 0,

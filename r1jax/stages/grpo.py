@@ -326,20 +326,8 @@ def run(config) -> dict[str, Any]:
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
   writer = MetricsWriter(run_dir) if is_main else _NullWriter()
   data_iter = data.train_iterator(B, shard_index=pidx, shard_count=nproc)
-  start_step = 0
-  if config.resume:
-    latest = checkpointer.latest_step()
-    if latest is None:
-      logging.warning("resume requested but %s has no checkpoint: starting fresh", ckpt_dir)
-    else:
-      state, extra = checkpointer.restore(trainer.abstract_state(state))
-      if extra.get("seed") != config.seed:
-        raise ValueError(f"checkpoint was made with seed={extra.get('seed')}, config has "
-                         f"seed={config.seed}")
-      data_iter.set_state(extra["data_state"])
-      start_step = int(extra["step"])
-      writer.truncate_after(start_step)
-      logging.info("resumed from step %d", start_step)
+  state, start_step = trainer_lib.resume_run(config, checkpointer, trainer, state, data_iter,
+                                             writer)
   writer.write_config(config.to_dict())
   logging.info("data: %s", json.dumps(data.summary())[:2000])
   eval_examples = data.eval_examples()

@@ -157,19 +157,8 @@ def run(config) -> dict[str, Any]:
   eval_batches = data.eval_batches(eval_rows) if data.eval else []
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
   writer = MetricsWriter(run_dir)
-  start_step = 0
-  if config.resume:
-    if checkpointer.latest_step() is None:
-      logging.warning("resume requested but %s has no checkpoint: starting fresh", ckpt_dir)
-    else:
-      state, extra = checkpointer.restore(trainer.abstract_state(state))
-      if extra.get("seed") != config.seed:
-        raise ValueError(f"checkpoint was made with seed={extra.get('seed')}, config has "
-                         f"seed={config.seed}")
-      data_iter.set_state(extra["data_state"])
-      start_step = int(extra["step"])
-      writer.truncate_after(start_step)
-      logging.info("resumed from step %d", start_step)
+  state, start_step = trainer_lib.resume_run(config, checkpointer, trainer, state, data_iter,
+                                             writer)
   writer.write_config(config.to_dict())
   if start_step == 0:
     writer.write(0, {f"data/{k}": v for k, v in data.summary().items()

@@ -308,6 +308,41 @@ class PreemptionGuard:
       signal.signal(sig, handler)
 
 
+def resume_run(config, checkpointer: Checkpointer, trainer: Trainer, state: TrainState,
+               data_iter, writer) -> tuple[TrainState, int]:
+  """Continue a run from its latest checkpoint when `config.resume` is set.
+
+  Restores the state into the trainer's shardings, the data iterator's position, and drops
+  metrics logged after the checkpoint (they will be written again).
+
+  Args:
+    config: stage config (reads `resume`, `seed`).
+    checkpointer, trainer, state: the run's; `state` gives the shapes and shardings.
+    data_iter: has set_state(); writer: MetricsWriter (truncate_after()).
+
+  Returns:
+    (state, start_step): the restored state and step, or the given state and 0.
+
+  Raises:
+    ValueError: the checkpoint was made with another seed, or does not match the model.
+  """
+  if not config.resume:
+    return state, 0
+  if checkpointer.latest_step() is None:
+    logging.warning("resume requested but %s has no checkpoint: starting fresh",
+                    checkpointer.directory)
+    return state, 0
+  state, extra = checkpointer.restore(trainer.abstract_state(state))
+  if extra.get("seed") != config.seed:
+    raise ValueError(f"checkpoint was made with seed={extra.get('seed')}, config has "
+                     f"seed={config.seed}")
+  data_iter.set_state(extra["data_state"])
+  start_step = int(extra["step"])
+  writer.truncate_after(start_step)
+  logging.info("resumed from step %d", start_step)
+  return state, start_step
+
+
 def load_run_params(run_dir: str, cfg, step: Optional[int] = None):
   """Policy params of a training run's orbax checkpoint (latest, or `step`).
 
