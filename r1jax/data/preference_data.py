@@ -25,14 +25,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from r1jax.data.sft_data import resolve_data_config, tokenize_messages
-from r1jax.data.sources import _open_lines
+from r1jax.data.sft_data import read_jsonl_records, resolve_data_config, tokenize_messages
 
 __all__ = ["PreferencePair", "PreferenceData", "PairBatchIterator", "default_preference_data_config",
            "parse_preference_record", "read_preference_jsonl", "toy_preference_records",
@@ -127,34 +125,8 @@ def read_preference_jsonl(path: str, *, on_error: str = "raise") -> tuple[list[d
     ValueError: "{path}: line {n}: {problem}" for the first malformed line (on_error="raise"),
       or a bad on_error.
   """
-  if on_error not in ("raise", "skip"):
-    raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-  p = Path(path).expanduser()
-  if not p.is_file():
-    raise FileNotFoundError(f"preference JSONL file not found: {p}")
-  records, skipped, first = [], [], None
-  with _open_lines(p) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        try:
-          text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        try:
-          rec = json.loads(text.lstrip("\ufeff") if lineno == 1 else text)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
-        records.append(parse_preference_record(rec, default_id=f"{p.name}:{lineno}"))
-      except ValueError as e:
-        if on_error == "raise":
-          raise ValueError(f"{p}: line {lineno}: {e}") from None
-        skipped.append(lineno)
-        first = first or f"line {lineno}: {e}"
-  if skipped:
-    log.warning("%s: skipped %d malformed line(s) (first: %s)", p, len(skipped), first)
-  return records, skipped
+  return read_jsonl_records(path, lambda rec, rid: parse_preference_record(rec, default_id=rid),
+                            what="preference", on_error=on_error)
 
 
 _TOY_WORDS = ("apple", "river", "stone", "cloud", "tiger", "piano", "lemon", "forest", "candle",

@@ -189,11 +189,32 @@ def read_sft_jsonl(path: str, *, on_error: str = "raise", r1_format: str = R1_RE
     ValueError: "{path}: line {n}: {problem}" for the first malformed line (on_error="raise"),
       or a bad on_error.
   """
+  return read_jsonl_records(
+      path, lambda rec, rid: parse_sft_record(rec, default_id=rid, r1_format=r1_format),
+      what="SFT", on_error=on_error)
+
+
+def read_jsonl_records(path: str, parse, *, what: str, on_error: str = "raise"
+                       ) -> tuple[list[Any], list[int]]:
+  """Parsed records of a JSONL(.gz) file, one per non-blank line.
+
+  Args:
+    path: the file.
+    parse: (json value, default id "file:line") -> record; raises ValueError when malformed.
+    what: name in the not-found error ("SFT", "preference").
+    on_error: "raise" or "skip" (malformed lines counted and reported in one warning).
+  Returns:
+    (records, 1-based numbers of skipped lines).
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: "{path}: line {n}: {problem}" for the first malformed line (on_error="raise"),
+      or a bad on_error.
+  """
   if on_error not in ("raise", "skip"):
     raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
   p = Path(path).expanduser()
   if not p.is_file():
-    raise FileNotFoundError(f"SFT JSONL file not found: {p}")
+    raise FileNotFoundError(f"{what} JSONL file not found: {p}")
   records, skipped, first = [], [], None
   with _open_lines(p) as f:
     for lineno, line in enumerate(f, 1):
@@ -208,8 +229,7 @@ def read_sft_jsonl(path: str, *, on_error: str = "raise", r1_format: str = R1_RE
           rec = json.loads(text.lstrip("\ufeff") if lineno == 1 else text)
         except json.JSONDecodeError as e:
           raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
-        records.append(parse_sft_record(rec, default_id=f"{p.name}:{lineno}",
-                                        r1_format=r1_format))
+        records.append(parse(rec, f"{p.name}:{lineno}"))
       except ValueError as e:
         if on_error == "raise":
           raise ValueError(f"{p}: line {lineno}: {e}") from None
