@@ -8,7 +8,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["r1jax", "r1jax.*", "kernels", "kernels.*"]),
+    packages=find_packages(include=["r1jax", "r1jax.*"]),
     install_requires=[
         "jax>=0.6",
         "flax>=0.10",

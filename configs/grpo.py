@@ -8,7 +8,7 @@ batch sizes and lengths, and set `mesh` for the devices.
 """
 from ml_collections import ConfigDict
 
-from kernels.logprob import default_config as kernels_config
+from r1jax.kernels.logprob import default_config as kernels_config
 from r1jax.data.pipeline import default_data_config
 
 
@@ -99,7 +99,7 @@ def get_config() -> ConfigDict:
   c.rl.max_resample_rounds = 2
 
   # Per-token log-probs from hidden states + LM head, never [tokens, vocab] logits
-  # (kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.
+  # (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.
   c.kernels = kernels_config()
 
   c.rewards = ConfigDict()

@@ -15,7 +15,7 @@ takes it with --config.model=runs/sft/hf.
 """
 from ml_collections import ConfigDict
 
-from kernels.logprob import default_config as kernels_config
+from r1jax.kernels.logprob import default_config as kernels_config
 from r1jax.data.sft_data import default_sft_data_config
 
 
@@ -53,7 +53,7 @@ def get_config() -> ConfigDict:
   c.train.batch_size = 2
   # Rows per micro-batch (gradient accumulation; the loss is exact token-mean over the batch).
   c.train.micro_batch_size = 1
-  # Per-token log-probs (kernels/logprob.py): logprob_impl, logprob_chunk_size, tiles.
+  # Per-token log-probs (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, tiles.
   c.kernels = kernels_config()
 
   c.optim = ConfigDict()

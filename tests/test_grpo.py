@@ -13,7 +13,7 @@ import pytest
 from ml_collections import ConfigDict
 
 import reward_fixtures  # noqa: F401  registers the test_length reward
-from kernels.logprob import token_logprobs
+from r1jax.kernels.logprob import token_logprobs
 from r1jax import models, sharding
 from r1jax.losses import grpo as G
 from r1jax.stages import grpo as stage

@@ -9,8 +9,8 @@ import pytest
 from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from kernels import logprob as K
-from kernels import logprob_gpu, logprob_tpu
+from r1jax.kernels import logprob as K
+from r1jax.kernels import logprob_gpu, logprob_tpu
 
 N, D, V = 96, 128, 1031  # divides no block: 1031 = 8 * 128 + 7 (partial last vocab tile)
 IMPLS = ["chunked", "pallas_tpu", "pallas_gpu"]

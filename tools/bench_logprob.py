@@ -1,4 +1,4 @@
-"""Benchmark of the fused per-token log-prob (kernels/logprob.py) against the naive
+"""Benchmark of the fused per-token log-prob (r1jax/kernels/logprob.py) against the naive
 log_softmax of full [N, V] logits, measured in the same run.
 
 For each N x D x V it compiles forward and forward+backward (d hidden, d lm_head) of each
@@ -28,7 +28,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from kernels import logprob as K
+from r1jax.kernels import logprob as K
 
 
 def _parse_ints(s):

@@ -14,7 +14,7 @@ soft term independent of T (Hinton et al., section 2). The NLL term is the SFT l
 (r1jax.losses.sft, through kernels.logprob).
 
 `token_kl` never builds [N, V] logits for all tokens: it maps over chunks of C tokens (full
-vocabulary per chunk, like the `chunked` impl of kernels/logprob.py) with `jax.checkpoint` on
+vocabulary per chunk, like the `chunked` impl of r1jax/kernels/logprob.py) with `jax.checkpoint` on
 each chunk, so the backward pass keeps only the chunk inputs and recomputes the [C, V]
 logits; memory ~ C x V floats plus d W. The teacher is under `stop_gradient`.
 
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.logprob import token_logprobs
+from r1jax.kernels.logprob import token_logprobs
 from r1jax import models
 from r1jax import sharding as shd
 from r1jax.losses import sft as sft_lib

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kernels.logprob import token_logprobs
+from r1jax.kernels.logprob import token_logprobs
 from r1jax import models
 from r1jax.models.config import ModelConfig
 

@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from kernels import logprob as kernel_lib
-from kernels.logprob import token_logprobs
+from r1jax.kernels import logprob as kernel_lib
+from r1jax.kernels.logprob import token_logprobs
 from r1jax import models, sampling
 from r1jax import sharding as shd
 from r1jax.data import PromptData

@@ -22,7 +22,7 @@ from absl import logging
 from ml_collections import ConfigDict
 
 from r1jax import models
-from kernels import logprob as kernel_lib
+from r1jax.kernels import logprob as kernel_lib
 from r1jax import sharding as shd
 from r1jax.data.sft_data import SFTData
 from r1jax.losses import sft as sft_lib

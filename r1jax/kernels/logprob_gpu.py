@@ -8,7 +8,7 @@ power-of-two shapes; hidden sizes such as 576 or 1536 are not), then updates fou
 u = sum exp(l - m) * (l - m) (entropy) and the target logit t. The vocabulary and hidden edges
 use masked loads (no padded copy of the [D, V] LM head); tokens are padded to a multiple
 of bn (cheap: [N, D]). The backward pass is the token-chunked recompute in
-kernels/logprob.py.
+r1jax/kernels/logprob.py.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ lse = m + log s, logp = t - lse and entropy = log s - u / s.
 Block shapes follow Mosaic's rules: bn is a multiple of 8, bv of 128, D is the full
 dimension. Tokens are padded to a multiple of bn (cheap: [N, D]); the last vocabulary tile
 may be partial (its out-of-range columns hold unspecified values and are masked to -inf,
-never read as data). The backward pass is the token-chunked recompute in kernels/logprob.py.
+never read as data). The backward pass is the token-chunked recompute in r1jax/kernels/logprob.py.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Implementations (`impl`, config key `kernels.logprob_impl`):
   naive    log_softmax of the full [N, V] logits (reference; autodiff).
   chunked  pure JAX: lax.map over token chunks of C tokens, full vocabulary per chunk
            (memory ~ C x V floats). The default on CPU.
-  pallas   Pallas forward kernel: Mosaic on TPU (kernels/logprob_tpu.py), Triton on GPU
-           (kernels/logprob_gpu.py); on CPU the TPU kernel in interpret mode (tests: slow).
+  pallas   Pallas forward kernel: Mosaic on TPU (r1jax/kernels/logprob_tpu.py), Triton on GPU
+           (r1jax/kernels/logprob_gpu.py); on CPU the TPU kernel in interpret mode (tests: slow).
            `pallas_tpu` / `pallas_gpu` name one kernel explicitly (e.g. to interpret the
            Triton kernel on CPU).
   auto     pallas on TPU/GPU, chunked on CPU.
@@ -269,9 +269,9 @@ def _forward(h, w, y, spec: _Spec):
   if spec.impl in ("pallas_tpu", "pallas_gpu"):
     dt = _compute_dtype(h, w)
     if spec.impl == "pallas_gpu":
-      from kernels import logprob_gpu as kernel
+      from r1jax.kernels import logprob_gpu as kernel
     else:
-      from kernels import logprob_tpu as kernel
+      from r1jax.kernels import logprob_tpu as kernel
     run = functools.partial(kernel.forward, temperature=spec.temperature,
                             block_tokens=spec.block_tokens, block_vocab=spec.block_vocab,
                             interpret=spec.interpret)
