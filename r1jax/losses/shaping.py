@@ -8,7 +8,7 @@ L_cache the punishment buffer before it:
               = -1                             if L_max < |y|
 
 added to the rule reward (scaled by a penalty factor, 1 in the paper). A completion cut at
-the limit has |y| = L_max and gets the full -1.
+the limit has |y| = L_max and gets the full -1. See docs/method.md "Rewards".
 """
 
 from __future__ import annotations
