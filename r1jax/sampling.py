@@ -4,13 +4,21 @@
 `lax.while_loop` that decodes one token per step for all B*G samples from a KV cache
 whose prompt part ([L, B, P, K, Dh]) is shared by the G samples of each prompt; only the
 completion part ([L, B, G, N, K, Dh]) is per sample. The loop stops as soon as every
-sample has emitted a stop token. `Sampler` wraps it with length bucketing so that a run
+sample has emitted a stop token or completed a stop string.
+
+Stop strings are matched on decoded text, whatever the tokenisation (`</answer>` may end
+inside the token `>.`): `StopStrings` compiles them into a character-level Aho-Corasick
+automaton (Aho & Corasick 1975) lifted to tokens as a [states, V] table, built once on the
+host from each token's decoded text; the decode loop carries one automaton state per sample
+and stops it when the final state is reached. The caller then cuts the decoded text right
+after the stop string (`decode_completions`, as vLLM does), so `</answer>.` stops and the
+rewards see `...</answer>`. `Sampler` wraps it with length bucketing so that a run
 compiles once per (prompt bucket, completion bucket) instead of every step.
 
 Sampling: temperature (0 = greedy), top-k, top-p (nucleus, Holtzman et al. 2020).
 The log-prob returned for each sampled token is log softmax(logits / temperature) at the
 token (raw logits when greedy), i.e. the policy's own probability before top-k/top-p
-truncation: this is the "old log-prob" of the GRPO ratio (R1_SPEC section 2).
+truncation: this is the "old log-prob" of the GRPO ratio (docs/method.md, "GRPO objective").
 """
 
 from __future__ import annotations
@@ -37,19 +45,22 @@ class SamplingParams:
   top_k: keep the k most likely tokens; 0 disables.
   max_new_tokens: completion budget per sample (tokens).
   stop_ids: token ids that end a sample (the stop token is kept in the output).
-  stop_sequences: token-id sequences that end a sample when the completion ends with one
-    (e.g. the tokens of "</answer>"; see `stop_sequences_for`). Kept in the output.
+  stop_sequences: stop strings compiled for a vocabulary (`StopStrings`, made by
+    `stop_sequences_for(tokenizer, strings)`), or None: a sample ends at the token where its
+    decoded text first contains one of them (the token is kept; `decode_completions` cuts
+    the text after the string).
   """
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
   max_new_tokens: int = 128
   stop_ids: tuple[int, ...] = ()
-  stop_sequences: tuple[tuple[int, ...], ...] = ()
+  stop_sequences: Optional["StopStrings"] = None
 
   def __post_init__(self):
-    if any(len(s) == 0 for s in self.stop_sequences):
-      raise ValueError("stop_sequences must not contain an empty sequence")
+    if self.stop_sequences is not None and not isinstance(self.stop_sequences, StopStrings):
+      raise TypeError("stop_sequences must be a StopStrings (sampling.stop_sequences_for("
+                      f"tokenizer, strings)) or None, got {type(self.stop_sequences).__name__}")
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if not 0 < self.top_p <= 1:
@@ -184,36 +195,174 @@ def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Arra
   return (b * C + j).astype(jnp.int32).reshape(shape)
 
 
-def stop_sequences_for(tokenizer, strings) -> tuple[tuple[int, ...], ...]:
-  """Token sequences for stop strings: each string tokenised alone and after a space
-  (BPE merges a leading space into the first token), deduplicated."""
-  seqs = []
+class StopStrings:
+  """Stop strings compiled to a token-level automaton (module docstring).
+
+  A character-level Aho-Corasick automaton over `strings` (its final states merged into one
+  absorbing state) is run over each token's text from every state: `table[s, v]` is the
+  state after the text of token v from state s, the final state if a stop string is
+  completed anywhere inside it. Text is matched as the tokenizer decodes it token by token;
+  a character split between tokens (bytes of one UTF-8 character) decodes to U+FFFD and
+  matches nothing, so stop strings should be whole characters (as `</answer>` is).
+
+  Attributes:
+    strings: the stop strings (tuple of str).
+    table: [S, V] int32 transition table; state 0 is the start, S - 1 the final state.
+  Args:
+    strings: non-empty stop strings.
+    token_texts: V strings, the decoded text of each token id ("" for special tokens).
+  Raises:
+    ValueError: no strings, or an empty string.
+  """
+
+  def __init__(self, strings: Sequence[str], token_texts: Sequence[str]):
+    self.strings = tuple(strings)
+    if not self.strings or any(not s for s in self.strings):
+      raise ValueError(f"stop strings must be non-empty strings, got {self.strings!r}")
+    delta, alphabet = _aho_corasick(self.strings)
+    self.table = _lift_to_tokens(delta, alphabet, token_texts)
+    self._key = (self.strings, hash(self.table.tobytes()))
+
+  @property
+  def final_state(self) -> int:
+    return self.table.shape[0] - 1
+
+  def __hash__(self):
+    return hash(self._key)
+
+  def __eq__(self, other):
+    return isinstance(other, StopStrings) and self._key == other._key and \
+        np.array_equal(self.table, other.table)
+
+  def __repr__(self):
+    return f"StopStrings({list(self.strings)!r}, states={self.table.shape[0]}, " \
+           f"vocab={self.table.shape[1]})"
+
+
+def _aho_corasick(strings: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+  """Character DFA of the Aho-Corasick automaton: ([S, A + 1] int32, char -> column).
+
+  Column 0 stands for every character outside the stop strings (back to the start state);
+  the final states are merged into the last state, which is absorbing.
+  """
+  goto: list[dict[str, int]] = [{}]
+  ends = [False]
   for s in strings:
-    for variant in (s, " " + s):
-      ids = tuple(tokenizer.encode(variant, add_bos=False))
-      if ids and ids not in seqs:
-        seqs.append(ids)
-  return tuple(seqs)
+    node = 0
+    for ch in s:
+      if ch not in goto[node]:
+        goto.append({})
+        ends.append(False)
+        goto[node][ch] = len(goto) - 1
+      node = goto[node][ch]
+    ends[node] = True
+  fail = [0] * len(goto)
+  order, queue = [], list(goto[0].values())
+  while queue:  # breadth-first: a node's failure link is known before its children's
+    node = queue.pop(0)
+    order.append(node)
+    ends[node] = ends[node] or ends[fail[node]]
+    for ch, child in goto[node].items():
+      f = fail[node]
+      while f and ch not in goto[f]:
+        f = fail[f]
+      fail[child] = goto[f][ch] if node and ch in goto[f] else 0
+      queue.append(child)
+  alphabet = {ch: k + 1 for k, ch in enumerate(sorted({c for s in strings for c in s}))}
+  live = [n for n in range(len(goto)) if not ends[n]]  # root first
+  index = {n: k for k, n in enumerate(live)}
+  final = len(live)
+  delta = np.zeros((final + 1, len(alphabet) + 1), np.int32)
+  delta[final] = final
+  for n in live:
+    for ch, col in alphabet.items():
+      m = n
+      while m and ch not in goto[m]:
+        m = fail[m]
+      m = goto[m].get(ch, 0)
+      delta[index[n], col] = final if ends[m] else index[m]
+  return delta, alphabet
 
 
-def _ends_with_any(tokens: jax.Array, last: jax.Array, seqs) -> jax.Array:
-  """[B, G] bool: completion tokens [B, G, N] up to index `last` end with one of `seqs`."""
-  hit = jnp.zeros(tokens.shape[:2], bool)
-  for seq in seqs:
-    k = len(seq)
-    start = jnp.maximum(last + 1 - k, 0)
-    window = jax.lax.dynamic_slice_in_dim(tokens, start, k, axis=2)
-    hit = hit | ((last + 1 >= k) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=-1))
-  return hit
+def _lift_to_tokens(delta: np.ndarray, alphabet: dict[str, int],
+                    token_texts: Sequence[str]) -> np.ndarray:
+  """[S, V] int32: the state after each token's text from each state."""
+  V, S = len(token_texts), delta.shape[0]
+  lengths = np.fromiter((len(t) for t in token_texts), np.int64, V)
+  L = int(lengths.max()) if V else 0
+  chars = np.full((V, max(L, 1)), -1, np.int32)
+  for v, text in enumerate(token_texts):
+    if text:
+      chars[v, :len(text)] = [alphabet.get(c, 0) for c in text]
+  state = np.repeat(np.arange(S, dtype=np.int32)[:, None], V, axis=1)
+  for j in range(L):
+    rows = np.nonzero(lengths > j)[0]
+    state[:, rows] = delta[state[:, rows], chars[rows, j][None, :]]
+  return state
+
+
+def token_texts(tokenizer) -> list[str]:
+  """Decoded text of every token id, as it reads in the middle of a text (a SentencePiece
+  word-start token keeps its space): decode([a, v]) minus decode([a]) for an ordinary
+  token a; special tokens give "" (skip_special_tokens, as the stages decode)."""
+  anchor = tokenizer.encode("a", add_bos=False)
+  anchor = anchor[:1] if anchor else []
+  head = tokenizer.decode(anchor)
+  out = []
+  for v in range(tokenizer.vocab_size):
+    text = tokenizer.decode(anchor + [v])
+    out.append(text[len(head):] if text.startswith(head) else tokenizer.decode([v]))
+  return out
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled(tokenizer, strings: tuple[str, ...]) -> "StopStrings":
+  return StopStrings(strings, token_texts(tokenizer))
+
+
+def stop_sequences_for(tokenizer, strings: Sequence[str]) -> Optional[StopStrings]:
+  """Stop strings compiled for `tokenizer`'s vocabulary (cached per tokenizer and strings),
+  or None when `strings` is empty.
+
+  Raises:
+    ValueError: an empty stop string.
+  """
+  strings = tuple(strings)
+  return _compiled(tokenizer, strings) if strings else None
+
+
+def truncate_at_stop(text: str, strings: Sequence[str]) -> str:
+  """`text` cut right after the earliest-ending occurrence of any stop string (unchanged
+  when none occurs): the text the sampler's automaton stopped on."""
+  ends = [i + len(s) for s in strings if s and (i := text.find(s)) >= 0]
+  return text[:min(ends)] if ends else text
+
+
+def decode_completions(tokenizer, out: "SampleOutput", sampling: "SamplingParams",
+                       prefix: str = "") -> list[list[str]]:
+  """Texts of sampled completions: decoded, cut after the stop string, `prefix` prepended.
+
+  Args:
+    tokenizer: the tokenizer the stop strings were compiled for (`decode(ids)`).
+    out: host SampleOutput (tokens [B, G, N], lengths [B, G]).
+    sampling: the SamplingParams used (its stop_sequences).
+    prefix: text the template already wrote at the start of the response ("<think>").
+  Returns:
+    [B][G] completion texts.
+  """
+  strings = sampling.stop_sequences.strings if sampling.stop_sequences is not None else ()
+  B, G = out.lengths.shape
+  return [[prefix + truncate_at_stop(tokenizer.decode(out.tokens[b, g, :out.lengths[b, g]]),
+                                     strings) for g in range(G)] for b in range(B)]
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
-                                             "top_p", "top_k", "stop_ids", "stop_sequences",
-                                             "pad_id", "cache_shardings"))
+                                             "top_p", "top_k", "stop_ids", "pad_id",
+                                             "cache_shardings"))
 def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
              max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
              temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
-             pad_id: int, stop_sequences: tuple[tuple[int, ...], ...] = (),
+             pad_id: int, stop_table: Optional[jax.Array] = None,
              cache_shardings: Optional[decoder.KVCache] = None) -> SampleOutput:
   """Prefill B prompts once and decode `num_samples` completions for each.
 
@@ -228,7 +377,8 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     cache_len: N, completion slots in the KV cache and length of the outputs (static).
     temperature, top_p, top_k: sampling settings (static).
     stop_ids: ids that end a sample (static).
-    stop_sequences: token sequences that end a sample (static).
+    stop_table: [S, V] int32 stop-string automaton (`StopStrings.table`) or None; a sample
+      ends when its state reaches S - 1.
     pad_id: id written after a sample ends (static).
     cache_shardings: optional KVCache of NamedShardings the cache is constrained to
       (static; see Sampler), else XLA propagates a layout from params and prompts.
@@ -251,16 +401,20 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
                      jax.random.fold_in(key, 0))
   tokens = jnp.full((B, G, N), pad_id, jnp.int32).at[:, :, 0].set(tok0)
   logprobs = jnp.zeros((B, G, N), jnp.float32).at[:, :, 0].set(lp0)
-  done = is_stop(tok0) | _ends_with_any(tokens, jnp.int32(0), stop_sequences)
+  if stop_table is None:
+    stop_table = jnp.zeros((2, first_logits.shape[-1]), jnp.int32)  # never reaches state 1
+  final = stop_table.shape[0] - 1
+  sstate = stop_table[0, tok0]  # [B, G] automaton state of each sample
+  done = is_stop(tok0) | (sstate == final)
   lengths = jnp.ones((B, G), jnp.int32)
   limit = jnp.minimum(max_new_tokens, N)
 
   def cond(state):
-    t, _, _, _, _, done, _ = state
+    t, _, _, _, _, done, _, _ = state
     return (t + 1 < limit) & ~jnp.all(done)
 
   def body(state):
-    t, cur, cache, tokens, logprobs, done, lengths = state
+    t, cur, cache, tokens, logprobs, done, lengths, sstate = state
     positions = prompt_lengths[:, None] + t
     hidden, cache = decoder.decode_step(params, cfg, cur, jnp.broadcast_to(positions, (B, G)),
                                         cache, t)
@@ -270,11 +424,12 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, :, None], (0, 0, t + 1))
     logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, :, None], (0, 0, t + 1))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | is_stop(nxt) | _ends_with_any(tokens, t + 1, stop_sequences)
-    return t + 1, nxt, cache, tokens, logprobs, done, lengths
+    sstate = jnp.where(done, sstate, stop_table[sstate, nxt])
+    done = done | is_stop(nxt) | (sstate == final)
+    return t + 1, nxt, cache, tokens, logprobs, done, lengths, sstate
 
-  state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths)
-  t, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths, sstate)
+  t, _, _, tokens, logprobs, done, lengths, _ = jax.lax.while_loop(cond, body, state)
   return SampleOutput(tokens, lengths, logprobs, done, t + 1)
 
 
@@ -330,6 +485,23 @@ class Sampler:
     from r1jax import sharding as shd
     self.rules = dict(rules if rules is not None else shd.DEFAULT_RULES)
     self.last_stats: dict[str, float] = {}
+    self._stop_tables: dict = {}
+
+  def _stop_table(self, stop: Optional[StopStrings]):
+    """The automaton table on device (replicated over the mesh), uploaded once per set."""
+    if stop is None:
+      return None
+    if stop not in self._stop_tables:
+      if stop.table.shape[1] != self.cfg.vocab_size:
+        raise ValueError(f"stop strings compiled for a vocabulary of {stop.table.shape[1]} "
+                         f"tokens, the model has {self.cfg.vocab_size}")
+      if self.mesh is None:
+        table = jnp.asarray(stop.table)
+      else:
+        from r1jax import sharding as shd
+        table = jax.device_put(stop.table, shd.replicated(self.mesh))
+      self._stop_tables[stop] = table
+    return self._stop_tables[stop]
 
   def _sharded(self, batch: int) -> bool:
     from r1jax import sharding as shd
@@ -432,7 +604,7 @@ class Sampler:
                    cache_len=N, temperature=float(sampling.temperature),
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),
                    stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id),
-                   stop_sequences=tuple(tuple(int(i) for i in s) for s in sampling.stop_sequences),
+                   stop_table=self._stop_table(sampling.stop_sequences),
                    cache_shardings=self._cache_shardings(ids.shape[0]))
     out = _to_host(out, process_local)
     n = sampling.max_new_tokens
