@@ -218,8 +218,8 @@ class RewardComputer:
       if in_main:
         raise ValueError(f"reward functions {in_main} are defined in __main__; move them to "
                          "an importable module so that worker processes can load them")
-      warm = [registry.WARMUPS.get(n) for n in self.names] + [registry.WARMUPS.get("accuracy")]
-      self._warmups = list({id(w): w for w in warm if w is not None}.values())
+      self._warmups = list({id(w): w for w in (registry.WARMUPS.get(n) for n in self.names)
+                            if w is not None}.values())
       self._workers = [self._spawn(k) for k in range(self.num_workers)]
       _LIVE.add(self)
 
