@@ -44,7 +44,7 @@ import time
 from typing import Any, Optional
 
 from r1jax.rewards import sandbox
-from r1jax.rewards.code_tests import (FLOAT_TOL, Test, apps_tests, has_tests,  # noqa: F401
+from r1jax.rewards.code_tests import (Test, apps_tests, has_tests,  # noqa: F401
                                       livecodebench_tests, parse_tests, stdout_matches,
                                       values_equal)
 from r1jax.rewards.parsing import answer_block, has_answer_tags

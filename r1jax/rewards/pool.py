@@ -84,34 +84,6 @@ def _close_all() -> None:
     rc.close()
 
 
-class _Worker:
-  """Parent-side handle of one worker process."""
-
-  def __init__(self, slot: int, proc: subprocess.Popen, conn):
-    self.slot = slot
-    self.proc = proc
-    self.conn = conn
-    self.ready = False
-    self.started = time.monotonic()
-    self.pending: collections.deque = collections.deque()  # (i, f) not yet reported, in order
-    self.last_progress = 0.0  # when the head of `pending` started (parent clock)
-
-  def alive(self) -> bool:
-    return self.proc.poll() is None
-
-  def kill(self) -> None:
-    """SIGKILL the process, reap it and release its pipe."""
-    try:
-      self.proc.kill()
-      self.proc.wait(timeout=5.0)
-    except (OSError, subprocess.TimeoutExpired):
-      pass
-    try:
-      self.conn.close()
-    except OSError:
-      pass
-
-
 @dataclasses.dataclass
 class _CallState:
   completions: Sequence[str]
@@ -206,7 +178,7 @@ class RewardComputer:
     self.restarts = 0
     self._lock = threading.Lock()
     self._closed = False
-    self._workers: list[_Worker] = []
+    self._workers: list[pool_worker.WorkerProcess] = []
     self._start_failures = [0] * self.num_workers
     if self.num_workers:
       try:
@@ -225,7 +197,7 @@ class RewardComputer:
 
   # ---------------------------------------------------------------- lifecycle
 
-  def _spawn(self, slot: int) -> _Worker:
+  def _spawn(self, slot: int) -> pool_worker.WorkerProcess:
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
     fd = child_conn.fileno()
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -239,9 +211,9 @@ class RewardComputer:
       parent_conn.send((self._fns, self._kwargs, self._warmups, os.getpid()))
     except OSError:
       pass  # died at once: seen as EOF by the next wait
-    return _Worker(slot, proc, parent_conn)
+    return pool_worker.WorkerProcess(slot, proc, parent_conn)
 
-  def _replace(self, w: _Worker) -> None:
+  def _replace(self, w: pool_worker.WorkerProcess) -> None:
     """Kill worker `w` and start a fresh one in its slot."""
     w.kill()
     self.restarts += 1
@@ -451,7 +423,7 @@ class RewardComputer:
             and now > w.last_progress + self.timeout_s and st is not None):
         self._on_timeout(st, w, now)
 
-  def _drain(self, st: Optional[_CallState], w: _Worker) -> bool:
+  def _drain(self, st: Optional[_CallState], w: pool_worker.WorkerProcess) -> bool:
     """Read every available message of `w`. Returns False if its process is gone."""
     try:
       while w.conn.poll():
@@ -473,7 +445,7 @@ class RewardComputer:
       return False
     return True
 
-  def _requeue_rest(self, st: _CallState, w: _Worker) -> None:
+  def _requeue_rest(self, st: _CallState, w: pool_worker.WorkerProcess) -> None:
     """Put the pairs of `w` after the head back at the front of the queue, grouped by sample."""
     rest = list(w.pending)[1:]
     w.pending.clear()
@@ -482,7 +454,7 @@ class RewardComputer:
       groups.setdefault(i, []).append(f)
     st.todo.extendleft(reversed([(i, tuple(fs)) for i, fs in groups.items()]))
 
-  def _on_timeout(self, st: _CallState, w: _Worker, now: float) -> None:
+  def _on_timeout(self, st: _CallState, w: pool_worker.WorkerProcess, now: float) -> None:
     i, f = w.pending[0]
     name = self._fn_names[f]
     st.values[f, i] = 0.0
@@ -495,7 +467,7 @@ class RewardComputer:
     self._requeue_rest(st, w)
     self._replace(w)
 
-  def _on_death(self, st: Optional[_CallState], w: _Worker) -> None:
+  def _on_death(self, st: Optional[_CallState], w: pool_worker.WorkerProcess) -> None:
     """Worker exited unexpectedly (or never became ready): blame the running pair, requeue
     the rest, respawn."""
     if self._workers[w.slot] is not w:

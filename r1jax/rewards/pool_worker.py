@@ -10,17 +10,19 @@ down, in r1jax.rewards.sandbox).
 
 from __future__ import annotations
 
+import collections
 import math
 import multiprocessing.connection
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import traceback
 from typing import Optional
 
-__all__ = ["call_reward", "worker_main", "worker_entry", "WORKER_CMD"]
+__all__ = ["call_reward", "worker_main", "worker_entry", "WORKER_CMD", "WorkerProcess"]
 
 WORKER_CMD = ("import sys; from r1jax.rewards.pool_worker import worker_entry; "
               "worker_entry(int(sys.argv[1]))")
@@ -79,3 +81,32 @@ def worker_entry(fd: int) -> None:
   sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
   payload = conn.recv()  # unpickling imports the reward functions' modules
   worker_main(conn, *payload)
+
+
+class WorkerProcess:
+  """The parent's handle of one worker process: its process, pipe, readiness and the
+  (sample, function) pairs sent to it and not yet reported, in order."""
+
+  def __init__(self, slot: int, proc: subprocess.Popen, conn):
+    self.slot = slot
+    self.proc = proc
+    self.conn = conn
+    self.ready = False
+    self.started = time.monotonic()
+    self.pending: collections.deque = collections.deque()  # (i, f) not yet reported, in order
+    self.last_progress = 0.0  # when the head of `pending` started (parent clock)
+
+  def alive(self) -> bool:
+    return self.proc.poll() is None
+
+  def kill(self) -> None:
+    """SIGKILL the process, reap it and release its pipe."""
+    try:
+      self.proc.kill()
+      self.proc.wait(timeout=5.0)
+    except (OSError, subprocess.TimeoutExpired):
+      pass
+    try:
+      self.conn.close()
+    except OSError:
+      pass
