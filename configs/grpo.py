@@ -72,7 +72,8 @@ def get_config() -> ConfigDict:
   c.rl.micro_batch_size = 8
   # Completion budget (tokens).
   c.rl.max_new_tokens = 64
-  # Comma-separated stop strings (matched on tokens; EOS-like tokens always stop).
+  # Comma-separated stop strings (matched on decoded text, which is cut after them;
+  # EOS-like tokens always stop).
   c.rl.stop_strings = "</answer>"
   # Rollout sampling (the loss uses log-probs at the same temperature).
   c.rl.temperature = 1.0

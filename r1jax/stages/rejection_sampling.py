@@ -422,8 +422,8 @@ def run(config) -> dict[str, Any]:
   in_spec = {n for n, _ in parse_reward_spec(config.verifier.spec)}
   rewards = RewardComputer(config.verifier.spec, num_workers=config.verifier.workers,
                            timeout_s=config.verifier.timeout_s,
-                           fn_kwargs={"accuracy": {"binary": True}} if "accuracy" in in_spec
-                           else {})
+                           fn_kwargs={"accuracy": {"partial_credit": False}}
+                           if "accuracy" in in_spec else {})
   judge = load_judge(config.judge.fn)
   judge_tasks = split_list(config.judge.tasks)
   fcfg = _filter_config(config)
