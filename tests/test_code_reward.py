@@ -287,7 +287,8 @@ _ANSWER_IF = ("a, b = map(int, input().split())\n"
 CLASSES = {
   # (problem, source, statuses allowed, safe to run without isolation)
   "subinterpreter_escape": ("sum-stdin",
-      "try:\n    import _xxsubinterpreters as I\nexcept ImportError:\n    import _interpreters as I\n"
+      "try:\n    import _xxsubinterpreters as I\n"
+      "except ImportError:\n    import _interpreters as I\n"
       "i = I.create()\n"
       f"I.run_string(i, 'open({FIXTURE!r}).read(); open({PWNED[0]!r}, \"w\").write(\"x\")')\n"
       "import os\n" + _ANSWER_IF.format(cond=f"os.path.exists({PWNED[0]!r})"), None, False),
@@ -305,7 +306,8 @@ CLASSES = {
       "    try:\n        cmd = open('/proc/%s/cmdline' % pid, 'rb').read().decode()\n"
       "    except Exception:\n        continue\n"
       "    if '--expected=' in cmd:\n"
-      "        table = dict(kv.split('=>') for kv in cmd.split('--expected=')[1].strip('\\x00').split(';'))\n"
+      "        kvs = cmd.split('--expected=')[1].strip('\\x00').split(';')\n"
+      "        table = dict(kv.split('=>') for kv in kvs)\n"
       "        found = table.get(line.strip())\n"
       "print(found if found is not None else -1)\n", None, True),
   "setsid_prctl_survivor": ("sum-stdin",
@@ -315,7 +317,8 @@ CLASSES = {
       "    try:\n        import ctypes\n        ctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\n"
       "    except Exception:\n        pass\n"
       "    if os.fork() == 0:\n"
-      f"        os.execv(sys.executable, [sys.executable, '-c', 'import time; time.sleep(30)', {MARK!r}])\n"
+      "        os.execv(sys.executable,\n"
+      f"                 [sys.executable, '-c', 'import time; time.sleep(30)', {MARK!r}])\n"
       "    os._exit(0)\n"
       "print(-1)\n", None, False),
   "memory_summed_over_forks": ("sum-stdin",

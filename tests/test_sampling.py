@@ -253,7 +253,8 @@ def test_stop_strings_for_the_default_tokenizer():
   stop = sampling.stop_sequences_for(tok, ["</answer>"])
   assert sampling.stop_sequences_for(tok, ["</answer>"]) is stop  # cached
   assert sampling.stop_sequences_for(tok, []) is None
-  for text, cut in [("<think> 1 </think> <answer> 2 </answer>.", "<think> 1 </think> <answer> 2 </answer>"),
+  for text, cut in [("<think> 1 </think> <answer> 2 </answer>.",
+                     "<think> 1 </think> <answer> 2 </answer>"),
                     ("<answer>2</answer>\nUser: next", "<answer>2</answer>"),
                     ("<answer>2</answer>", "<answer>2</answer>")]:
     ids = tok.encode(text, add_bos=False)

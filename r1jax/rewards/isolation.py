@@ -216,7 +216,8 @@ def find_cgroups() -> tuple[Optional[Cgroups], str]:
     own, mounts = _own_cgroups(), _cgroup_mounts()
   except OSError as e:
     return None, f"cannot read /proc/self/cgroup or mountinfo: {e}"
-  rel = lambda path, root: os.path.relpath(path, root) if root != "/" else path.lstrip("/")  # noqa: E731
+  def rel(path: str, root: str) -> str:  # a cgroup path relative to its mount's root
+    return os.path.relpath(path, root) if root != "/" else path.lstrip("/")
   reasons = []
   for fstype, mount, root, _ in mounts:
     if fstype == "cgroup2" and "" in own:

@@ -1,4 +1,5 @@
-"""Language-consistency reward (DeepSeek-R1, Guo et al. 2025, Sec. 2.3.2; docs/method.md, "Rewards").
+"""Language-consistency reward (DeepSeek-R1, Guo et al. 2025, Sec. 2.3.2; docs/method.md,
+"Rewards").
 
 R1's stage-2 RL adds r_lang = the proportion of words of the chain of thought (CoT) that are in
 the target language, weighted by alpha: r = r_task + alpha * r_lang (spec "accuracy:1.0,

@@ -1,13 +1,13 @@
 """Reward computation in a small pool of worker processes with per-sample timeouts.
 
-Rule-based rewards (DeepSeek-R1, Guo et al. 2025, Sec. 2.2.2) call sympy (math_verify) and third-party scorers
-(reasoning-gym), which can hang or blow up on adversarial model output. Training must not
-stall or crash on that, so each (sample, reward function) pair gets a deadline: if it does
-not finish within `timeout_s`, its worker process is killed (the only way to stop a stuck
-Python call) and replaced, the pair scores 0, and the rest of the worker's chunk is
-re-queued. `concurrent.futures.ProcessPoolExecutor` cannot kill a single task, hence this
-small pool of worker processes, one duplex pipe each (a per-worker pipe, unlike a shared
-queue, cannot be corrupted by killing its reader mid-read).
+Rule-based rewards (DeepSeek-R1, Guo et al. 2025, Sec. 2.2.2) call sympy (math_verify) and
+third-party scorers (reasoning-gym), which can hang or blow up on adversarial model output.
+Training must not stall or crash on that, so each (sample, reward function) pair gets a
+deadline: if it does not finish within `timeout_s`, its worker process is killed (the only
+way to stop a stuck Python call) and replaced, the pair scores 0, and the rest of the
+worker's chunk is re-queued. `concurrent.futures.ProcessPoolExecutor` cannot kill a single
+task, hence this small pool of worker processes, one duplex pipe each (a per-worker pipe,
+unlike a shared queue, cannot be corrupted by killing its reader mid-read).
 
 Workers are fresh interpreters started with `subprocess` (fork+exec, i.e. no fork of the
 trainer's state: the trainer runs JAX, which is multithreaded, and a plain fork of a

@@ -14,9 +14,10 @@ total = helpfulness_weight * r_help + harmlessness_weight * r_harm.
 The reward models run in JAX in the trainer process (not in the reward worker pool, which
 would need its own copy of the model per worker): `RewardModelScorer` tokenises (prompt,
 response) with the encoder it is given, which must be the one the reward_model stage trained
-with (r1jax.data.preference_data.encode_scoring_input; passed in, so that this module does not
-depend on the data layer), sorts by length, pads rows to a fixed batch and lengths to power-of-two buckets (few compiles), and
-runs a jitted scoring forward on this process's devices.
+with (r1jax.data.preference_data.encode_scoring_input; passed in, so that this module does
+not depend on the data layer), sorts by length, pads rows to a fixed batch and lengths to
+power-of-two buckets (few compiles), and runs a jitted scoring forward on this process's
+devices.
 """
 
 from __future__ import annotations
@@ -88,8 +89,9 @@ class RewardModelScorer:
     FileNotFoundError / ValueError: as r1jax.models.reward_model.load_reward_model.
   """
 
-  def __init__(self, path: str, *, encode_fn: Callable, batch_size: int = 16, max_len: int = 0, mesh=None,
-               rules: Optional[dict] = None, dtype: Optional[str] = None, min_bucket: int = 16):
+  def __init__(self, path: str, *, encode_fn: Callable, batch_size: int = 16, max_len: int = 0,
+               mesh=None, rules: Optional[dict] = None, dtype: Optional[str] = None,
+               min_bucket: int = 16):
     self.path = path
     self.encode_fn = encode_fn
     self.cfg, params, self.tokenizer, meta = rm_lib.load_reward_model(path, dtype=dtype)

@@ -155,8 +155,9 @@ class Child:
     ctl_r, self.ctl = os.pipe()
     self.res, res_w = os.pipe()
     cpu = max(1, int(math.ceil(cpu_s)))
-    rl = [("RLIMIT_CPU", cpu, cpu + 1), ("RLIMIT_AS", limits.memory_mb << 20, limits.memory_mb << 20),
-          ("RLIMIT_FSIZE", limits.file_size_mb << 20, limits.file_size_mb << 20),
+    mem, fsize = limits.memory_mb << 20, limits.file_size_mb << 20
+    # (name, soft, hard): the CPU soft limit ends the program with SIGXCPU ("timeout").
+    rl = [("RLIMIT_CPU", cpu, cpu + 1), ("RLIMIT_AS", mem, mem), ("RLIMIT_FSIZE", fsize, fsize),
           ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
           ("RLIMIT_CORE", 0, 0)]
     if m.name != "none":  # RLIMIT_NPROC would count all of the trainer user's processes
@@ -176,9 +177,9 @@ class Child:
       pre += iso.nsjail_argv(
           m.nsjail, binds=m.binds, hidden=m.hidden, uid=uid, tmpfs_mb=limits.tmpfs_mb,
           time_limit_s=int(math.ceil(max(limits.wall_s, cpu_s))) + 2,
-          rlimits={"as": str(limits.memory_mb), "cpu": str(cpu + 1), "fsize": str(limits.file_size_mb),
-                   "nofile": str(limits.max_open_files), "nproc": str(limits.max_processes),
-                   "core": "0"},
+          rlimits={"as": str(limits.memory_mb), "cpu": str(cpu + 1),
+                   "fsize": str(limits.file_size_mb), "nofile": str(limits.max_open_files),
+                   "nproc": str(limits.max_processes), "core": "0"},
           cgroup_args=cg, pass_fds=(ctl_r, res_w)) + ["--"]
     try:
       self.started = time.monotonic()
