@@ -122,9 +122,15 @@ class RewardComputer:
   earlier). Reward functions never make a call raise: an exception scores 0, sets
   `errors` and is logged once per (function, exception type).
 
+  Each function's start-up check (registry.STARTUP_CHECKS, e.g. the code reward's sandbox
+  probe) runs here, in the calling process, before any worker starts; its figures join
+  `stats()`. `heldout_accuracy` scores with the shared held-out scorer in the same workers.
+
   Raises:
     ValueError: bad spec, unknown names in fn_kwargs, kwargs the function does not accept,
-      a function that cannot be sent to a worker (lambda / local function), num_workers < 0.
+      a function that cannot be sent to a worker (lambda / local function), num_workers < 0,
+      or a start-up check's ValueError (e.g. an unknown sandbox mode).
+    r1jax.rewards.sandbox.SandboxUnavailable: the code reward's isolation is unavailable.
     RuntimeError (from calls): workers that repeatedly fail to start; use after close().
   """
 
