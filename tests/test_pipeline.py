@@ -39,7 +39,7 @@ def test_r1_pipeline_config_wiring(tmp_path):
   rl = pipeline.stage_config(c, "reasoning_rl", outs)
   assert rl.stage == "grpo" and rl.model == "/x/cs/hf" and rl.resume
   assert rl.run_dir == os.path.join(str(tmp_path), "reasoning_rl")
-  # Stage 3 SFT: the *base* model on the rejection-sampling output (R1_SPEC section 1).
+  # Stage 3 SFT: the *base* model on the rejection-sampling output (DeepSeek-R1, section 2.3.3).
   sft = pipeline.stage_config(c, "sft", outs)
   assert sft.model == c.model and sft.data.train_jsonl == "/x/rs/samples.jsonl"
   assert sft.num_epochs == 2.0 and sft.steps == 0

@@ -1,4 +1,4 @@
-"""Build the cold-start SFT set of R1 stage 1 (R1_SPEC sections 1 and 4) as JSONL.
+"""Build the cold-start SFT set of R1 stage 1 (DeepSeek-R1, section 2.3.1) as JSONL.
 
   python tools/build_cold_start.py --samples runs/grpo/samples.jsonl --champ \\
       --out data/cold_start.jsonl

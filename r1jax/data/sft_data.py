@@ -1,7 +1,7 @@
 """SFT data: JSONL conversations -> tokens with a loss mask -> packed fixed-shape batches.
 
 Used by the SFT stage, and meant for every SFT-family stage (cold start, RFT, rejection-
-sampling SFT, distillation; R1_SPEC sections 1 and 5): they differ in where the records come
+sampling SFT, distillation; DeepSeek-R1, sections 2.3 and 2.4): they differ in where the records come
 from, not in how they are tokenised, packed and batched.
 
 Records (one JSON object per line of a JSONL or JSONL.gz file), one of
@@ -9,7 +9,7 @@ Records (one JSON object per line of a JSONL or JSONL.gz file), one of
       the loss is on the assistant turns;
   {"prompt": str, "response": str}              one user turn and one assistant turn;
   {"prompt": str, "reasoning": str, "summary": str}
-      the assistant turn is the R1 output format (R1_SPEC section 4),
+      the assistant turn is the R1 output format (DeepSeek-R1, section 2.3.1),
       `format_r1_response(reasoning, summary)` = "<think>\\n{reasoning}\\n</think>\\n{summary}";
 plus optional "id" (str/int) and "system" (str, prepended as a system message). Other fields
 go into "metadata".
@@ -105,7 +105,7 @@ class SFTExample(NamedTuple):
 # ---------------------------------------------------------------------------------- records
 def format_r1_response(reasoning: str, summary: str, fmt: str = R1_RESPONSE_FORMAT) -> str:
   """The R1 output format `|special_token|<reasoning_process>|special_token|<summary>`
-  (R1_SPEC section 4): `fmt` with "{reasoning}" and "{summary}" replaced (str.replace, so
+  (DeepSeek-R1, section 2.3.1; docs/method.md "Templates"): `fmt` with "{reasoning}" and "{summary}" replaced (str.replace, so
   braces in the texts are safe)."""
   return fmt.replace("{reasoning}", reasoning.strip()).replace("{summary}", summary.strip())
 

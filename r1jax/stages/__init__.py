@@ -16,8 +16,8 @@ STAGES = {
 }
 
 
-def run(config) -> None:
-  """Run the stage named by `config.stage`.
+def run(config):
+  """Run the stage named by `config.stage`; returns the stage's result.
 
   Raises:
     ValueError: the stage is unknown.
@@ -25,4 +25,4 @@ def run(config) -> None:
   name = config.stage
   if name not in STAGES:
     raise ValueError(f"unknown stage {name!r}; known stages: {sorted(STAGES)}")
-  importlib.import_module(STAGES[name]).run(config)
+  return importlib.import_module(STAGES[name]).run(config)

@@ -1,7 +1,7 @@
 """Evaluation as the R1 paper reports it: pass@1 from n samples, pass@k, cons@n (stage `eval`).
 
 python -m r1jax.main --config=configs/eval.py                                  # default model
-python -m r1jax.main --config=configs/eval.py --config.checkpoint=runs/grpo    # a GRPO run
+python -m r1jax.main --config=configs/eval.py --config.model=runs/grpo         # a GRPO run
 python -m r1jax.main --config=configs/eval.py --config.datasets=/data/math500.jsonl \\
     --config.template=chat_r1 --config.sampling.max_new_tokens=4096
 
@@ -11,21 +11,17 @@ into "answer" first).
 """
 from ml_collections import ConfigDict
 
+from r1jax.configs import common
 from r1jax.data.pipeline import default_data_config
 
 
 def get_config() -> ConfigDict:
-  c = ConfigDict()
-  c.stage = "eval"
-  # Model source (default model name, .gguf, HF dir); with `checkpoint`, the run's model
-  # source ("" = read it from <checkpoint>/config.json).
-  c.model = "smollm2-135m-instruct"
-  # A training run directory (or its checkpoints/ dir) whose policy to evaluate ("" = none).
-  c.checkpoint = ""
-  # Checkpoint step (-1 = latest).
+  c = common.base("eval", run_dir="runs/eval")
+  del c.steps, c.resume
+  common.add_model(c, remat=None)
+  # With a training run directory as `model`: its checkpoint step (-1 = the latest).
   c.checkpoint_step = -1
-  c.tokenizer = ""
-  c.dtype = "float32"
+  common.add_parallel(c)
   # Comma-separated: heldout (the GRPO held-out split of `data`), champ (270 competition
   # problems of champ-dataset, the answer-checkable ones), or .jsonl paths.
   c.datasets = "heldout,champ"
@@ -48,9 +44,6 @@ def get_config() -> ConfigDict:
   c.sampling.stop_strings = "</answer>"
   # Problems per sampler call (each prefilled once for its n samples).
   c.batch_size = 16
-  c.seed = 0
   c.reward_workers = 2
   c.reward_timeout_s = 10.0
-  # Report, per-problem records (resume reads them) and the config fingerprint go here.
-  c.out_dir = "runs/eval"
   return c
