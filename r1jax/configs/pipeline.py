@@ -64,7 +64,7 @@ def get_config(variant: str = "") -> ConfigDict:
   # teacher_from: an earlier stage whose model becomes distill.teacher.
   # inputs: "config.key=stage[:output],..." any other key from an earlier stage's output
   #   (output: model | data | report; default model).
-  # data_output / model_output: the file / directory (in the stage's run_dir or out_dir) that
+  # data_output / model_output: the file / directory (in the stage's run_dir) that
   #   a stage other than sft / grpo / eval produces.
   c.stages = ConfigDict()
   c.stages.cold_start_sft = stage("cold_start_sft.py", model_from="base")

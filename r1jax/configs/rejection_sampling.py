@@ -68,7 +68,7 @@ def get_config(variant: str = "") -> ConfigDict:
   c.judge.fn = ""
   c.judge.tasks = ""
   c.judge.threshold = 0.5
-  # Readability filters (r1jax/data/filters.py).
+  # Readability filters (r1jax/curation/filters.py).
   c.filters = ConfigDict()
   c.filters.enabled = "language,paragraph,code,summary"
   c.filters.language = "en"  # an example's own "language" field wins
