@@ -30,7 +30,8 @@ from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 from ml_collections import ConfigDict
 
-from r1jax.data.sft_data import read_jsonl_records, resolve_data_config, tokenize_messages
+from r1jax.data.sft_data import resolve_data_config, tokenize_messages
+from r1jax.data.sft_records import read_jsonl_records
 
 __all__ = ["PreferencePair", "PreferenceData", "PairBatchIterator", "default_preference_data_config",
            "parse_preference_record", "read_preference_jsonl", "toy_preference_records",
@@ -249,7 +250,9 @@ class PreferenceData:
     self.train = self._tokenize(records)
     self.eval = self._tokenize(eval_records)
     if not self.train:
-      raise ValueError(f"no preference train pairs left: {self.counts}")
+      where = c["train_jsonl"] if c["source"] == "jsonl" else f"source {c['source']}"
+      raise ValueError(f"no preference train pairs in {where} (data.train_jsonl): "
+                       f"{self.counts['train_records']} records, {self.counts}")
     if self.counts["overlong_skipped"] or self.counts["truncated"]:
       log.warning("preference data: %d over-long pairs skipped, %d truncated (prompt cut from "
                   "the left) to seq_len=%d", self.counts["overlong_skipped"],

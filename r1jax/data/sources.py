@@ -128,7 +128,7 @@ def reasoning_gym_examples(task: str, size: int, seed: int, config: Any = None,
   return [_rg_example(task, seed, i, ds[i]) for i in range(start, start + size)]
 
 
-def _open_lines(path: Path):
+def open_lines(path: Path):
   """Binary line iterator over a plain or gzipped file (gzip detected by its magic bytes)."""
   with open(path, "rb") as f:
     magic = f.read(2)
@@ -207,7 +207,7 @@ def read_jsonl(path: str | os.PathLike, *, on_error: str = "raise") -> tuple[lis
     raise FileNotFoundError(f"JSONL file not found: {p}")
   examples, skipped, first_error = [], [], None
   try:
-    with _open_lines(p) as f:
+    with open_lines(p) as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue
