@@ -183,3 +183,23 @@ def set_path(c: ConfigDict, key: str, value) -> None:
   for p in path:
     node = node[p]
   node[last] = value
+
+
+def heldout_data() -> ConfigDict:
+  """The `data` block of the sampling stages (eval, rejection sampling): configs/grpo.py's
+  reasoning-gym tasks and held-out split, with fewer train examples generated."""
+  from r1jax.data.pipeline import default_data_config
+  d = default_data_config()
+  d.template = "r1_zero_1shot"
+  d.max_prompt_tokens = 192
+  d.train_size = 2000
+  d.eval_size = 200
+  return d
+
+
+def sampling(*, temperature: float, top_p: float = 0.95, max_new_tokens: int = 256,
+             stop_strings: str = "</answer>") -> ConfigDict:
+  """A `sampling` block: temperature (0 = greedy), top_p / top_k (1 / 0 = off), the
+  completion budget in tokens, comma-separated stop strings."""
+  return ConfigDict(dict(temperature=temperature, top_p=top_p, top_k=0,
+                         max_new_tokens=max_new_tokens, stop_strings=stop_strings))

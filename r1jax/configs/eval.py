@@ -12,7 +12,6 @@ into "answer" first).
 from ml_collections import ConfigDict
 
 from r1jax.configs import common
-from r1jax.data.pipeline import default_data_config
 
 
 def get_config() -> ConfigDict:
@@ -26,22 +25,14 @@ def get_config() -> ConfigDict:
   # problems of champ-dataset, the answer-checkable ones), or .jsonl paths.
   c.datasets = "heldout,champ"
   # The held-out split's settings: the same defaults as configs/grpo.py.
-  c.data = default_data_config()
-  c.data.template = "r1_zero_1shot"
-  c.data.max_prompt_tokens = 192
-  c.data.train_size = 2000
-  c.data.eval_size = 200
+  c.data = common.heldout_data()
   # Prompt template for every dataset.
   c.template = "r1_zero_1shot"
   # n: samples per problem; pass@k is reported for each k in pass_k (k <= n); cons@n too.
   c.num_samples = 8
   c.pass_k = "1,8"
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.6  # the R1 paper's evaluation settings
-  c.sampling.top_p = 0.95
-  c.sampling.top_k = 0
-  c.sampling.max_new_tokens = 256
-  c.sampling.stop_strings = "</answer>"
+  # The R1 paper's evaluation settings: temperature 0.6, top-p 0.95.
+  c.sampling = common.sampling(temperature=0.6)
   # Problems per sampler call (each prefilled once for its n samples).
   c.batch_size = 16
   c.reward_workers = 2

@@ -22,9 +22,5 @@ def get_config() -> ConfigDict:
   c.num_samples = 1
   # PRNG seed (same seed, same completions; tiny-random init).
   c.seed = 0
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.7  # 0 = greedy
-  c.sampling.top_p = 0.95  # 1 = off
-  c.sampling.top_k = 0  # 0 = off
-  c.sampling.max_new_tokens = 256
+  c.sampling = common.sampling(temperature=0.7, stop_strings="")
   return c

@@ -20,7 +20,6 @@ judge.tasks="*") to exercise the rest of the stage).
 from ml_collections import ConfigDict
 
 from r1jax.configs import common
-from r1jax.data.pipeline import default_data_config
 
 
 def get_config(variant: str = "") -> ConfigDict:
@@ -36,22 +35,13 @@ def get_config(variant: str = "") -> ConfigDict:
   c.prompts = "train"
   # At most this many prompts per prompt set (0 = all).
   c.max_prompts = 200
-  c.data = default_data_config()
-  c.data.template = "r1_zero_1shot"
-  c.data.max_prompt_tokens = 192
-  c.data.train_size = 2000
-  c.data.eval_size = 200
+  c.data = common.heldout_data()
   # Prompt template for every prompt set; the response prefix it writes ("<think>") is part
   # of the kept response.
   c.template = "r1_zero_1shot"
   # K: samples per prompt (one prefill per prompt).
   c.num_samples = 8
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.7
-  c.sampling.top_p = 0.95
-  c.sampling.top_k = 0
-  c.sampling.max_new_tokens = 256
-  c.sampling.stop_strings = "</answer>"
+  c.sampling = common.sampling(temperature=0.7)
   # Prompts per sampler call.
   c.batch_size = 8
   # Rule verifier: a reward spec (r1jax.rewards.registry) and the score a sample needs.

@@ -35,14 +35,14 @@ only, so a packed row computes exactly what separate rows would.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
+from r1jax.data import supervised as sup
+from r1jax.data.supervised import FORMATS
 from r1jax.data.sft_records import (R1_RESPONSE_FORMAT, champ_sft_records,  # noqa: F401
                                     format_r1_response, parse_sft_record, read_sft_jsonl)
 
@@ -52,10 +52,8 @@ __all__ = ["R1_RESPONSE_FORMAT", "SFTExample", "SFTData", "SFTBatchIterator",
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("chat", "raw")
 OVERLONG = ("skip", "truncate")
 SOURCES = ("jsonl", "champ")
-_STATE_FORMAT = "r1jax.data.SFTBatchIterator/1"
 
 
 def default_sft_data_config() -> ConfigDict:
@@ -241,34 +239,6 @@ def build_batch(examples: Sequence[SFTExample], rows: Sequence[Sequence[int]], s
 
 
 # ---------------------------------------------------------------------------------- dataset
-def resolve_data_config(defaults: ConfigDict, config: Any, what: str, sources: Sequence[str],
-                        overlong: Sequence[str] = OVERLONG) -> dict:
-  """`config` over `defaults` as a dict, with the checks every supervised loader shares.
-
-  Args:
-    defaults: the loader's default config; config: ConfigDict / dict / None.
-    what: name in error messages ("SFT", "preference").
-    sources, overlong: the allowed `source` and `overlong` values.
-
-  Raises:
-    ValueError: unknown keys, or source / format / overlong / seq_len / eval_size out of range.
-  """
-  d = defaults.to_dict()
-  given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-  unknown = set(given) - set(d)
-  if unknown:
-    raise ValueError(f"unknown {what} data config keys: {sorted(unknown)}")
-  d.update(given)
-  for key, allowed in (("source", sources), ("format", FORMATS), ("overlong", overlong)):
-    if d[key] not in allowed:
-      raise ValueError(f"data.{key} must be one of {tuple(allowed)}, got {d[key]!r}")
-  if int(d["seq_len"]) < 2:
-    raise ValueError(f"data.seq_len must be >= 2, got {d['seq_len']}")
-  if int(d["eval_size"]) < 0:
-    raise ValueError(f"data.eval_size must be >= 0, got {d['eval_size']}")
-  return d
-
-
 class SFTData:
   """The tokenised train and eval examples of an SFT config (built eagerly, counts exact).
 
@@ -282,50 +252,23 @@ class SFTData:
   """
 
   def __init__(self, config: Any, tokenizer):
-    c = resolve_data_config(default_sft_data_config(), config, "SFT", SOURCES)
+    c = sup.resolve_data_config(default_sft_data_config(), config, "SFT", SOURCES, OVERLONG)
     self.config, self.tokenizer = c, tokenizer
     self.seq_len = int(c["seq_len"])
     self.counts = {"malformed": 0, "train_records": 0, "eval_records": 0, "overlong_skipped": 0,
                    "truncated": 0, "no_trained_tokens": 0}
-    records = self._read_sources()
-    if c["eval_jsonl"]:
-      eval_records, skipped = read_sft_jsonl(c["eval_jsonl"], on_error=c["on_error"],
-                                             r1_format=c["r1_format"])
-      self.counts["malformed"] += len(skipped)
-    else:
-      # A seeded choice of held-out records, the same for any run of this config.
-      k = min(int(c["eval_size"]), len(records) // 2)
-      pick = set(np.random.RandomState(int(c["seed"]) + 7).permutation(len(records))[:k].tolist())
-      eval_records = [r for i, r in enumerate(records) if i in pick]
-      records = [r for i, r in enumerate(records) if i not in pick]
-    self.counts["train_records"], self.counts["eval_records"] = len(records), len(eval_records)
+    read = lambda path: read_sft_jsonl(path, on_error=c["on_error"], r1_format=c["r1_format"])
+    records = (champ_sft_records(c["r1_format"]) if c["source"] == "champ" else
+               sup.read_train_files(c, read, self.counts, "SFT records"))
+    records, eval_records = sup.split_eval(records, c, read, self.counts)
     self.train = self._tokenize(records)
     self.eval = self._tokenize(eval_records)
-    if not self.train:
-      where = c["train_jsonl"] if c["source"] == "jsonl" else f"source {c['source']}"
-      raise ValueError(f"no SFT train examples in {where} (data.train_jsonl): "
-                       f"{self.counts['train_records']} records, {self.counts}")
+    sup.check_not_empty(self.train, c, self.counts, "SFT train examples")
     if any(self.counts[k] for k in ("overlong_skipped", "truncated", "no_trained_tokens")):
       log.warning("SFT data: %d over-long examples skipped, %d truncated to seq_len=%d, %d "
                   "without trained tokens dropped", self.counts["overlong_skipped"],
                   self.counts["truncated"], self.seq_len, self.counts["no_trained_tokens"])
-    blob = json.dumps({"config": c, "vocab": getattr(tokenizer, "vocab_size", None),
-                       "n": [len(e.ids) for e in self.train]}, sort_keys=True, default=str)
-    self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-  def _read_sources(self) -> list[dict]:
-    c = self.config
-    if c["source"] == "champ":
-      return champ_sft_records(c["r1_format"])
-    files = [p.strip() for p in str(c["train_jsonl"]).split(",") if p.strip()]
-    if not files:
-      raise ValueError("data.train_jsonl is empty: give one or more JSONL files of SFT records")
-    records = []
-    for path in files:
-      recs, skipped = read_sft_jsonl(path, on_error=c["on_error"], r1_format=c["r1_format"])
-      self.counts["malformed"] += len(skipped)
-      records += recs
-    return records
+    self.fingerprint = sup.fingerprint(c, tokenizer, [len(e.ids) for e in self.train])
 
   def _tokenize(self, records: list[dict]) -> list[SFTExample]:
     c, out = self.config, []
@@ -372,7 +315,7 @@ class SFTData:
             for i in range(0, len(rows), batch_size)]
 
 
-class SFTBatchIterator:
+class SFTBatchIterator(sup.EpochState):
   """Endless iterator of packed train batches with an exact, JSON-serialisable position.
 
   Epoch e: the examples in a permutation seeded by (seed, e) (file order without shuffle),
@@ -380,6 +323,9 @@ class SFTBatchIterator:
   epoch is padded with empty rows. The state is (epoch, batch index): a batch is a pure
   function of it, so resuming gives the batches the original run would have seen.
   """
+
+  STATE_FORMAT = "r1jax.data.SFTBatchIterator/1"
+  WHAT = "SFT"
 
   def __init__(self, examples: Sequence[SFTExample], seq_len: int, batch_size: int, *,
                packing: bool, shuffle: bool, seed: int, pad_id: int, fingerprint: str = ""):
@@ -421,21 +367,3 @@ class SFTBatchIterator:
     """Epochs done as a float (e.g. 1.5 = half-way through the second epoch)."""
     n = len(self._epoch_rows(self.epoch))
     return self.epoch + min(self.index * self.batch_size, n) / max(n, 1)
-
-  def get_state(self) -> dict:
-    """{"format", "fingerprint", "epoch", "index"} (JSON-serialisable)."""
-    return {"format": _STATE_FORMAT, "fingerprint": self.fingerprint, "epoch": self.epoch,
-            "index": self.index}
-
-  def set_state(self, state: Mapping) -> None:
-    """Restore a get_state().
-
-    Raises:
-      ValueError: not such a state, or saved with other data / tokenizer / batch size.
-    """
-    if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-      raise ValueError(f"not a {_STATE_FORMAT} state: {state!r:.200}")
-    if state.get("fingerprint") != self.fingerprint:
-      raise ValueError("SFT data state was saved with other data, tokenizer, seq_len or batch "
-                       f"size ({state.get('fingerprint')} != {self.fingerprint})")
-    self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -22,7 +22,6 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from r1jax import sampling
 from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
@@ -133,11 +132,7 @@ def run(config) -> dict[str, Any]:
     logging.info("resuming: %d problems already evaluated in %s", len(done), rec_path)
 
   prefix = response_prefix(config.template)
-  sp = sampling.SamplingParams(
-      temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-      top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
-      stop_ids=tok.stop_ids,
-      stop_sequences=sampling.stop_sequences_for(tok, split_list(config.sampling.stop_strings)))
+  sp = settings_lib.sampling_params(config.sampling, tok)
   sampler, params = settings_lib.make_sampler(parallel, cfg, params, pad_id=tok.pad_id,
                                               min_prompt_bucket=32)
   rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 
 import jax
 from absl import logging
 
-from r1jax import sampling
 from r1jax.train import settings as settings_lib
 
 
@@ -24,9 +22,7 @@ def run(config) -> list[str]:
   """
   model = settings_lib.ModelSettings.from_config(config)
   parallel = settings_lib.ParallelSettings.from_config(config)
-  sp = sampling.SamplingParams(temperature=config.sampling.temperature,
-                               top_p=config.sampling.top_p, top_k=config.sampling.top_k,
-                               max_new_tokens=config.sampling.max_new_tokens)
+  sp = settings_lib.sampling_params(config.sampling)
   t0 = time.perf_counter()
   loaded = model.load()
   cfg, tok = loaded.config, loaded.tokenizer
@@ -38,7 +34,7 @@ def run(config) -> list[str]:
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
   else:
     ids = tok.encode(config.prompt)
-  sp = dataclasses.replace(sp, stop_ids=tok.stop_ids)
+  sp = settings_lib.sampling_params(config.sampling, tok)
   sampler, params = settings_lib.make_sampler(parallel, cfg, loaded.params, pad_id=tok.pad_id)
   out = sampler(params, [ids], jax.random.key(config.seed), num_samples=config.num_samples,
                 sampling=sp)

@@ -40,7 +40,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from r1jax import plugins, sampling
+from r1jax import plugins
 from r1jax.curation import filters as filters_lib
 from r1jax.curation.rejection import (LEDGER_FILE, REASONING_FILE, TRAIN_FILE, markdown,
                                       mix_records, needs_judge, select_samples, summarize)
@@ -120,9 +120,7 @@ def validate_config(config) -> Settings:
     raise FileNotFoundError(f"mix.non_reasoning_jsonl not found: {config.mix.non_reasoning_jsonl}")
   from r1jax.rewards.registry import parse_reward_spec
   parse_reward_spec(config.verifier.spec)
-  sampling.SamplingParams(temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-                          top_k=config.sampling.top_k,
-                          max_new_tokens=config.sampling.max_new_tokens)
+  settings_lib.sampling_params(config.sampling)
   response_prefix(config.template)
   return Settings(settings_lib.ModelSettings.from_config(config),
                   settings_lib.ParallelSettings.from_config(config), _filter_config(config),
@@ -211,11 +209,7 @@ def run(config) -> dict[str, Any]:
   prompt_sets = load_prompt_sets(config, tok)
   K = config.num_samples
   prefix = response_prefix(config.template)
-  sp = sampling.SamplingParams(
-      temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-      top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
-      stop_ids=tok.stop_ids,
-      stop_sequences=sampling.stop_sequences_for(tok, split_list(config.sampling.stop_strings)))
+  sp = settings_lib.sampling_params(config.sampling, tok)
   sampler, params = settings_lib.make_sampler(s.parallel, cfg, loaded.params, pad_id=tok.pad_id,
                                               min_prompt_bucket=32)
   del loaded

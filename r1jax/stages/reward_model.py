@@ -49,24 +49,13 @@ def validate_config(config) -> Settings:
   Raises:
     ValueError: with the offending key and value.
   """
-  t = config.train
-  settings_lib.check_positive(config, "train.batch_size", "eval.batch_size")
-  if t.micro_batch_size < 1 or t.batch_size % t.micro_batch_size:
-    raise ValueError(f"train.micro_batch_size={t.micro_batch_size} must divide "
-                     f"train.batch_size={t.batch_size}")
-  if t.center_coef < 0:
-    raise ValueError(f"train.center_coef must be >= 0, got {t.center_coef}")
-  if config.steps < 0:
-    raise ValueError(f"steps must be >= 0, got {config.steps}")
-  if config.steps == 0 and config.num_epochs <= 0:
-    raise ValueError(f"set steps > 0 or num_epochs > 0 (got steps={config.steps}, "
-                     f"num_epochs={config.num_epochs})")
-  settings_lib.check_positive(config, "data.seq_len", minimum=2)
+  settings_lib.check_supervised(config)
+  if config.train.center_coef < 0:
+    raise ValueError(f"train.center_coef must be >= 0, got {config.train.center_coef}")
   for key, allowed in (("source", pd.SOURCES), ("format", pd.FORMATS),
                        ("overlong", pd.OVERLONG), ("on_error", ("raise", "skip"))):
     if config.data[key] not in allowed:
       raise ValueError(f"data.{key} must be one of {allowed}, got {config.data[key]!r}")
-  loop.parse_resume(config.resume)
   return Settings(settings_lib.ModelSettings.from_config(config),
                   settings_lib.ParallelSettings.from_config(config))
 

@@ -49,20 +49,9 @@ def validate_config(config) -> Settings:
   Raises:
     ValueError: with the offending key and value.
   """
-  t = config.train
-  settings_lib.check_positive(config, "train.batch_size", "eval.batch_size")
-  if t.micro_batch_size < 1 or t.batch_size % t.micro_batch_size:
-    raise ValueError(f"train.micro_batch_size={t.micro_batch_size} must divide "
-                     f"train.batch_size={t.batch_size}")
-  if config.steps < 0:
-    raise ValueError(f"steps must be >= 0, got {config.steps}")
-  if config.steps == 0 and config.num_epochs <= 0:
-    raise ValueError(f"set steps > 0 or num_epochs > 0 (got steps={config.steps}, "
-                     f"num_epochs={config.num_epochs})")
+  settings_lib.check_supervised(config)
   kernel_lib.kwargs_from_config(config.kernels)
-  settings_lib.check_positive(config, "data.seq_len", minimum=2)
   models.check_dtype(config.export.dtype, "export.dtype")
-  loop.parse_resume(config.resume)
   teacher = None
   d = config.get("distill")
   if d is not None and d.teacher:

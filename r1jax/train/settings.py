@@ -149,3 +149,41 @@ def make_sampler(parallel: ParallelSettings, cfg, params, *, pad_id: int, **kwar
   params = shd.reshard(params, shd.tree_shardings(models.param_logical_axes(cfg), params, mesh,
                                                   rules))
   return sampling.Sampler(cfg, pad_id=pad_id, mesh=mesh, rules=rules, **kwargs), params
+
+
+def check_supervised(config) -> None:
+  """The checks the supervised stages (sft, reward_model) share: batch sizes, steps or
+  epochs, sequence length and resume.
+
+  Raises:
+    ValueError: naming the key.
+  """
+  t = config.train
+  check_positive(config, "train.batch_size", "eval.batch_size")
+  if t.micro_batch_size < 1 or t.batch_size % t.micro_batch_size:
+    raise ValueError(f"train.micro_batch_size={t.micro_batch_size} must divide "
+                     f"train.batch_size={t.batch_size}")
+  if config.steps < 0:
+    raise ValueError(f"steps must be >= 0, got {config.steps}")
+  if config.steps == 0 and config.num_epochs <= 0:
+    raise ValueError(f"set steps > 0 or num_epochs > 0 (got steps={config.steps}, "
+                     f"num_epochs={config.num_epochs})")
+  check_positive(config, "data.seq_len", minimum=2)
+  from r1jax.train import loop
+  loop.parse_resume(config.resume)
+
+
+def sampling_params(block, tok=None):
+  """SamplingParams of a `sampling` config block (temperature, top_p, top_k, max_new_tokens,
+  stop_strings); with a tokenizer, its stop ids and the stop strings' token sequences.
+
+  Raises:
+    ValueError: an out-of-range value.
+  """
+  from r1jax import sampling
+  kw = dict(temperature=block.temperature, top_p=block.top_p, top_k=block.top_k,
+            max_new_tokens=block.max_new_tokens)
+  if tok is not None:
+    stops = [x.strip() for x in str(block.get("stop_strings", "")).split(",") if x.strip()]
+    kw.update(stop_ids=tok.stop_ids, stop_sequences=sampling.stop_sequences_for(tok, stops))
+  return sampling.SamplingParams(**kw)
