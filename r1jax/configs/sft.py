@@ -25,7 +25,7 @@ from r1jax.data.sft_data import default_sft_data_config
 from r1jax.kernels.logprob import default_config as kernels_config
 
 # Small example data of the test suite (present in a checkout).
-TEST_DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "data")
+TEST_DATA = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "tests", "data")
 
 
 def get_config(variant: str = "") -> ConfigDict:
