@@ -321,7 +321,7 @@ class PromptData:
     out = []
     step = 2 * want + 16
     for start in range(0, limit, step):
-      batch = [sources._rg_example(src.name, eval_seed, i, ds[i])
+      batch = [sources.rg_example(src.name, eval_seed, i, ds[i])
                for i in range(start, min(start + step, limit))]
       self._prepare([ex["question"] for ex in batch])
       out += self._take_eval(src, batch, want - len(out), seen)

@@ -97,7 +97,8 @@ def reasoning_gym_dataset(task: str, size: int, seed: int, config: Any = None):
     raise ValueError(f"invalid config {kwargs} for reasoning-gym task {task!r}: {e}") from e
 
 
-def _rg_example(task: str, seed: int, index: int, entry: Mapping) -> dict:
+def rg_example(task: str, seed: int, index: int, entry: Mapping) -> dict:
+  """The example dict of entry `index` of a reasoning-gym dataset built with `seed`."""
   answer = entry.get("answer")
   return {
     "id": f"{task}/{seed}/{index}",
@@ -125,7 +126,7 @@ def reasoning_gym_examples(task: str, size: int, seed: int, config: Any = None,
     ValueError: as in `reasoning_gym_dataset`.
   """
   ds = reasoning_gym_dataset(task, start + size, seed, config)
-  return [_rg_example(task, seed, i, ds[i]) for i in range(start, start + size)]
+  return [rg_example(task, seed, i, ds[i]) for i in range(start, start + size)]
 
 
 def open_lines(path: Path):
