@@ -1,4 +1,7 @@
-"""Stage entry points, dispatched on `config.stage` by r1jax.main."""
+"""Stage entry points, dispatched on `config.stage` by r1jax.main (and r1jax.run).
+
+Each stage module has run(config); the training stages run on r1jax.train.loop, and every
+stage gets its model from r1jax.models.load. No stage imports another stage."""
 
 from __future__ import annotations
 
