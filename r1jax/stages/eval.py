@@ -101,7 +101,7 @@ def run(config) -> dict[str, Any]:
   model = settings_lib.ModelSettings.from_config(config)
   parallel = settings_lib.ParallelSettings.from_config(config)
   out_dir = config.run_dir
-  loop.prepare_run_dir(out_dir, resume=True)
+  loop.prepare_run_dir(out_dir, resume="auto")  # creates it; checks it is writable
   fingerprint = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
                  for k in _RECORD_FIELDS}
   fp_path = os.path.join(out_dir, "eval_config.json")

@@ -159,7 +159,7 @@ def _prepare_out_dir(config, resume) -> tuple[dict[tuple[str, str], dict], list[
     FileNotFoundError: resume=True and no results there.
   """
   out_dir = config.run_dir
-  loop.prepare_run_dir(out_dir, resume=True)
+  loop.prepare_run_dir(out_dir, resume="auto")  # creates it; checks it is writable
   fingerprint = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
                  for k in _FINGERPRINT_FIELDS}
   fp_path = os.path.join(out_dir, "rejection_sampling_config.json")

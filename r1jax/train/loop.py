@@ -133,13 +133,15 @@ def parse_resume(value) -> Resume:
 
 
 def prepare_run_dir(run_dir: str, resume: Resume) -> str:
-  """Create run_dir (checking that it is writable) and refuse to overwrite a run.
+  """Create run_dir (checking that it is writable), refuse to overwrite a run, and refuse
+  resume=True without a checkpoint (before any model is loaded).
 
   Returns the checkpoint directory.
 
   Raises:
     PermissionError: run_dir cannot be created or written.
     ValueError: it holds checkpoints and resume is False.
+    FileNotFoundError: resume is True and it holds no checkpoint.
   """
   try:
     os.makedirs(run_dir, exist_ok=True)
