@@ -2,7 +2,6 @@
 reward models for general ones: helpfulness on the summary, harmlessness on the whole
 response), the batched RM scorer, JSONL `kind`, and a tiny GRPO run with reward models."""
 
-import importlib.util
 import json
 import os
 
@@ -153,11 +152,8 @@ def test_jsonl_kind_general_needs_no_answer(tmp_path):
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}",
-                                                os.path.join(HERE, "..", "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from r1jax import configs
+  return configs.load(name)
 
 
 def test_configs():
@@ -174,7 +170,7 @@ def test_tiny_grpo_with_reward_models_runs_end_to_end(tmp_path, rm_dirs):
   general = tmp_path / "general.jsonl"
   general.write_text("".join(json.dumps({"prompt": f"Write a line about topic {i}.",
                                          "kind": "general"}) + "\n" for i in range(16)))
-  c = _load("tiny")
+  c = _load("grpo:tiny")
   c.run_dir = str(tmp_path / "run")
   c.data.tasks = "basic_arithmetic"
   c.data.jsonl = str(general)

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from r1jax.data import cold_start
-from r1jax.data.filters import FilterConfig
+from r1jax.curation import cold_start
+from r1jax.curation.filters import FilterConfig
 from r1jax.data.sft_data import R1_RESPONSE_FORMAT, format_r1_response, read_sft_jsonl
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")

@@ -2,7 +2,6 @@
 student gradients, with temperature), KL = 0 for teacher == student, vocabulary checks, the
 config files, and a tiny distillation run whose loss falls."""
 
-import importlib.util
 import json
 import os
 
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import models
+from r1jax import configs, models
 from r1jax.data.sft_data import SFTExample, build_batch, pack_rows
 from r1jax.losses import distill as distill_lib
 from r1jax.losses import sft as sft_lib
@@ -117,11 +116,7 @@ def test_vocabulary_mismatch_is_an_error():
 
 # ---------------------------------------------------------------------- the stage
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}",
-                                                os.path.join(HERE, "..", "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return configs.load(name)
 
 
 def _save_teacher(path, vocab_size, tok):
@@ -145,12 +140,12 @@ def tok():
 
 def test_configs_load_and_validate():
   from r1jax.stages import sft as stage
-  for name in ("distill", "tiny_distill", "sft"):
+  for name in ("distill", "distill:tiny", "sft"):
     c = _load(name)
     assert c.stage == "sft"
     stage.validate_config(c)
   assert _load("sft").distill.teacher == "" and _load("distill").data.source == "jsonl"
-  c = _load("tiny_distill")
+  c = _load("distill:tiny")
   c.distill.alpha = 1.5
   with pytest.raises(ValueError, match="distill.alpha"):
     stage.validate_config(c)
@@ -158,7 +153,7 @@ def test_configs_load_and_validate():
 
 def test_tiny_distill_run_learns(tmp_path, tok):
   from r1jax.stages import sft as stage
-  c = _load("tiny_distill")
+  c = _load("distill:tiny")
   c.run_dir = str(tmp_path / "run")
   c.distill.teacher = _save_teacher(tmp_path / "teacher", tok.vocab_size, tok)
   c.data.eval_size = 0  # no eval compilation: faster
@@ -173,7 +168,7 @@ def test_tiny_distill_run_learns(tmp_path, tok):
       train[0]["loss"], 0.5 * train[0]["nll"] + 0.5 * 4.0 * train[0]["kl"], rtol=1e-5)
   assert os.path.isfile(os.path.join(out["hf_dir"], "model.safetensors"))
   # A teacher with another vocabulary fails before any compute.
-  bad = _load("tiny_distill")
+  bad = _load("distill:tiny")
   bad.run_dir = str(tmp_path / "bad")
   bad.distill.teacher = _save_teacher(tmp_path / "teacher97", V, tok)
   with pytest.raises(ValueError, match="shares the teacher's tokenizer"):

@@ -1,5 +1,4 @@
 """Stage `eval`: report figures from the records, and resume after an interruption."""
-import importlib.util
 import json
 import os
 
@@ -7,18 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from r1jax import models
+from r1jax import configs, models
 from r1jax.stages import eval as eval_stage
 from r1jax.tokenizer import Tokenizer
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 def _config(tmp_path, model_dir):
-  spec = importlib.util.spec_from_file_location("eval_cfg", os.path.join(ROOT, "configs", "eval.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("eval")
   c.model = str(model_dir)
   c.tokenizer = "smollm2-135m-instruct"
   c.datasets = "heldout"
@@ -30,7 +25,7 @@ def _config(tmp_path, model_dir):
   c.sampling.temperature = 1.0
   c.batch_size = 2
   c.reward_workers = 0
-  c.out_dir = str(tmp_path / "eval")
+  c.run_dir = str(tmp_path / "eval")
   return c
 
 
@@ -62,10 +57,10 @@ def test_summarize_hand_computed():
 def test_eval_report_and_resume_after_interruption(tmp_path, tiny_model_dir):
   c = _config(tmp_path, tiny_model_dir)
   full = eval_stage.run(c)
-  rec_path = os.path.join(c.out_dir, "records.jsonl")
+  rec_path = os.path.join(c.run_dir, "records.jsonl")
   lines = open(rec_path).read().splitlines()
   assert len(lines) == 6 and full["overall"]["problems"] == 6
-  assert os.path.exists(os.path.join(c.out_dir, "report.md"))
+  assert os.path.exists(os.path.join(c.run_dir, "report.md"))
   # Interrupted after the first two batches, with a half-written line.
   with open(rec_path, "w") as f:
     f.write("\n".join(lines[:4]) + "\n" + lines[4][:30])

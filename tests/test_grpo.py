@@ -17,6 +17,7 @@ from r1jax.kernels.logprob import token_logprobs
 from r1jax import models, sharding
 from r1jax.losses import grpo as G
 from r1jax.stages import grpo as stage
+from r1jax.stages import grpo_rollout as rollouts
 from r1jax.train import trainer as trainer_lib
 
 
@@ -249,12 +250,8 @@ def test_micro_batches_equal_one_big_batch(params):
 
 # ---------------------------------------------------------------------- the stage
 def _tiny_config(tmp_path, **overrides):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location(
-      "tiny_cfg", os.path.join(os.path.dirname(__file__), "..", "configs", "tiny.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  from r1jax import configs
+  c = configs.load("grpo:tiny")
   c.run_dir = str(tmp_path / "run")
   c.rewards.spec = "test_length:1.0,format:0.5"
   c.eval.at_start = False
@@ -299,11 +296,10 @@ def _restore_params(run_dir):
 
 
 def test_config_validation_errors(tmp_path):
-  bad = {"rl.batch_size": 10, "rl.num_generations": 4}
-  with pytest.raises(ValueError, match="whole number of groups"):
-    stage.validate_config(_tiny_config(tmp_path, **bad))
-  with pytest.raises(ValueError, match="micro_batch_size"):
-    stage.validate_config(_tiny_config(tmp_path, **{"rl.micro_batch_size": 3}))
+  with pytest.raises(ValueError, match="micro_batch_prompts"):
+    stage.validate_config(_tiny_config(tmp_path, **{"rl.micro_batch_prompts": 3}))
+  with pytest.raises(ValueError, match="prompts_per_step"):
+    stage.validate_config(_tiny_config(tmp_path, **{"rl.prompts_per_step": 0}))
   with pytest.raises(ValueError, match="aggregation"):
     stage.validate_config(_tiny_config(tmp_path, **{"rl.loss_aggregation": "mean"}))
   with pytest.raises(ValueError, match="temperature"):
@@ -325,7 +321,7 @@ def test_existing_run_dir_needs_resume(tmp_path):
 def test_cli_rejects_unknown_keys_before_compute():
   import subprocess
   import sys
-  r = subprocess.run([sys.executable, "-m", "r1jax.main", "--config=configs/tiny.py",
+  r = subprocess.run([sys.executable, "-m", "r1jax.main", "--config=configs/grpo.py:tiny",
                       "--config.rl.num_generation=8"], capture_output=True, text=True,
                      cwd=os.path.join(os.path.dirname(__file__), ".."), timeout=120)
   assert r.returncode != 0
@@ -348,14 +344,14 @@ def test_dynamic_sampling_keeps_informative_groups_and_refills():
     r = rewards.reshape(-1).astype(np.float32)
     res = RewardResult(total=r, per_function={"accuracy": r}, timed_out=np.zeros(r.size, bool),
                        errors=np.zeros(r.size, bool))
-    return stage.Rollout([{"prompt_ids": [tag], "q": (tag, b)} for b in range(B)], None, None,
+    return rollouts.Rollout([{"prompt_ids": [tag], "q": (tag, b)} for b in range(B)], None, None,
                          out, [f"{tag}-{i}" for i in range(r.size)], res, 1.0, 0.5)
 
   first = ro(1, np.array([[1, 1], [0, 1], [0, 0]]))  # only group 1 is informative
   second = ro(2, np.array([[1, 0], [1, 1], [0, 1]]))  # groups 0 and 2 are
-  assert stage._informative_groups(first, 2) == [(0, 1)]
-  kept = [(0, 1)] + [(1, b) for _, b in stage._informative_groups(second, 2)]
-  merged = stage._select_groups([first, second], kept, 2, FakeSampler())
+  assert rollouts.informative_groups(first, 2) == [(0, 1)]
+  kept = [(0, 1)] + [(1, b) for _, b in rollouts.informative_groups(second, 2)]
+  merged = rollouts.select_groups([first, second], kept, 2, FakeSampler())
   assert [e["q"] for e in merged.examples] == [(1, 1), (2, 0), (2, 2)]
   np.testing.assert_array_equal(merged.rewards.total, [0, 1, 1, 0, 0, 1])
   assert merged.texts == ["1-2", "1-3", "2-0", "2-1", "2-4", "2-5"]

@@ -240,7 +240,7 @@ def test_plot_run_two_runs(tmp_path, capsys):
 
 
 def test_load_series_dedups_and_smooth():
-  plot_run = _load_plot_run()
+  from r1jax.train import plots as plot_run
   recs = [{"step": 0, "a": 1.0}, {"step": 1, "a": 2.0}, {"step": 1, "a": 5.0},
           {"step": 2, "a": None}, {"step": 3, "b": "text"}]
   series = plot_run.load_series(recs)

@@ -3,7 +3,6 @@ not exist yet (only when reached), and the tiny pipeline end to end: a SIGTERM m
 stops it with the stage's checkpoint saved, re-running resumes that stage and completes with
 run_dir/final_hf, and a further re-run skips every stage (DONE markers)."""
 
-import importlib.util
 import json
 import os
 import signal
@@ -13,19 +12,14 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from r1jax import models
+from r1jax import configs, models
 from r1jax.stages import pipeline
 from r1jax.train import trainer as trainer_lib
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-CONFIGS = os.path.join(HERE, "..", "configs")
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(CONFIGS, f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  return configs.load(name)
 
 
 def test_r1_pipeline_config_wiring(tmp_path):
@@ -37,35 +31,35 @@ def test_r1_pipeline_config_wiring(tmp_path):
   outs = {"cold_start_sft": {"model": "/x/cs/hf"}, "reasoning_rl": {"model": "/x/rl/hf"},
           "rejection_sampling": {"data": "/x/rs/samples.jsonl"}}
   rl = pipeline.stage_config(c, "reasoning_rl", outs)
-  assert rl.stage == "grpo" and rl.model == "/x/cs/hf" and rl.resume
+  assert rl.stage == "grpo" and rl.model == "/x/cs/hf" and rl.resume == "auto"
   assert rl.run_dir == os.path.join(str(tmp_path), "reasoning_rl")
-  # Stage 3 SFT: the *base* model on the rejection-sampling output (R1_SPEC section 1).
+  # Stage 3 SFT: the *base* model on the rejection-sampling output (DeepSeek-R1, section 2.3.3).
   sft = pipeline.stage_config(c, "sft", outs)
   assert sft.model == c.model and sft.data.train_jsonl == "/x/rs/samples.jsonl"
   assert sft.num_epochs == 2.0 and sft.steps == 0
   rs = pipeline.stage_config(c, "rejection_sampling", outs)
-  assert rs.model == "/x/rl/hf" and rs.out_dir == os.path.join(str(tmp_path),
+  assert rs.model == "/x/rl/hf" and rs.run_dir == os.path.join(str(tmp_path),
                                                                "rejection_sampling")
   asr = pipeline.stage_config(c, "all_scenario_rl", dict(
       outs, sft={"model": "/x/sft/hf"}, reward_model={"model": "/x/rm/reward_model"}))
   assert asr.model == "/x/sft/hf" and asr.rewards.helpfulness_rm == "/x/rm/reward_model"
   ev = pipeline.stage_config(c, "eval", dict(outs, all_scenario_rl={"model": "/x/final"}))
-  assert ev.out_dir == os.path.join(str(tmp_path), "eval") and ev.model == "/x/final"
+  assert ev.run_dir == os.path.join(str(tmp_path), "eval") and ev.model == "/x/final"
   c.stages.distill.teacher_from = "all_scenario_rl"
   d = pipeline.stage_config(c, "distill", dict(outs, all_scenario_rl={"model": "/x/final"}))
   assert d.distill.teacher == "/x/final" and d.model == "smollm2-135m-instruct"
 
 
 def test_pipeline_config_errors(tmp_path):
-  c = _load("tiny_pipeline")
+  c = _load("pipeline:tiny")
   c.stages.grpo.model_from = "eval"
   with pytest.raises(ValueError, match="model_from='eval' is not an enabled stage that runs"):
     pipeline.validate_config(c)
-  c = _load("tiny_pipeline")
+  c = _load("pipeline:tiny")
   c.order = "sft,nope"
   with pytest.raises(ValueError, match="'nope'"):
     pipeline.validate_config(c)
-  c = _load("tiny_pipeline")
+  c = _load("pipeline:tiny")
   c.stages.sft.overrides.no_such_key = 1
   with pytest.raises(KeyError, match="stages.sft.overrides.no_such_key"):
     pipeline.stage_config(c, "sft", {})
@@ -81,7 +75,7 @@ def _future_stage(tmp_path):
 
 
 def test_missing_stage_fails_only_when_reached(tmp_path):
-  c = _load("tiny_pipeline")
+  c = _load("pipeline:tiny")
   c.run_dir = str(tmp_path / "run")
   c.order = "sft,future"
   c.final_from = ""
@@ -108,8 +102,8 @@ def _interrupt_update(monkeypatch, batch_key, skip=0):
   orig = trainer_lib.Trainer.update
   fired, seen = [], []
 
-  def update(self, state, batch, denominator):
-    out = orig(self, state, batch, denominator)
+  def update(self, state, batch, *args, **kwargs):
+    out = orig(self, state, batch, *args, **kwargs)
     if batch_key in batch:
       seen.append(True)
       if len(seen) == skip + 1:
@@ -122,7 +116,7 @@ def _interrupt_update(monkeypatch, batch_key, skip=0):
 
 def _check_kill_resume_skip(tmp_path, monkeypatch, order, final_from, victim, batch_key,
                             c=None, skip=0):
-  c = c or _load("tiny_pipeline")
+  c = c or _load("pipeline:tiny")
   c.run_dir = str(tmp_path / "run")
   c.order, c.final_from = order, final_from
   c.stages.eval.model_from = final_from
@@ -148,7 +142,7 @@ def _check_kill_resume_skip(tmp_path, monkeypatch, order, final_from, victim, ba
   final = out["final_hf"]
   assert final == os.path.join(c.run_dir, "final_hf")
   cfg, params = models.from_pretrained(final)
-  ck, step = trainer_lib.load_run_params(os.path.join(c.run_dir, final_from), cfg)
+  ck, step = models.load_run_params(os.path.join(c.run_dir, final_from), cfg)
   assert step == 2
   for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ck)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -179,7 +173,7 @@ def test_tiny_pipeline_with_rejection_sampling(tmp_path, monkeypatch):
   (tmp_path / "accept_all_judge.py").write_text(
       "def judge(prompt, reference, response):\n  return 1.0\n")
   monkeypatch.syspath_prepend(str(tmp_path))
-  c = _load("tiny_pipeline")
+  c = _load("pipeline:tiny")
   rs = c.stages.rejection_sampling.overrides
   rs.judge = ConfigDict(dict(fn="accept_all_judge:judge", tasks="*"))
   rs.filters = ConfigDict(dict(enabled=""))

@@ -1,17 +1,18 @@
 """Rejection sampling (R1 stage 3): readability filters, the per-prompt rule, mixing, and the
 stage end to end on the tiny random model (judge hook, summary vs files, resume)."""
-import importlib.util
 import json
 import os
 import sys
 
 import pytest
 
-from r1jax.data import filters
+from r1jax import configs, plugins
+from r1jax.curation import filters
+from r1jax.curation import rejection as rej
 from r1jax.data.sft_data import read_sft_jsonl
 from r1jax.stages import rejection_sampling as rs
 
-ROOT = os.path.join(os.path.dirname(__file__), "..")
+
 
 
 # ---------------------------------------------------------------------- filters
@@ -75,7 +76,7 @@ def test_select_samples_counts():
            "<think> cut"]
   scores = [1.0, 1.0, 1.0, 0.9, 1.0, 0.0, 1.0]
   finished = [True, True, True, True, True, True, False]
-  kept, failures, c = rs.select_samples(texts, scores, finished, threshold=0.9,
+  kept, failures, c = rej.select_samples(texts, scores, finished, threshold=0.9,
                                         filter_config=filters.FilterConfig(), max_per_prompt=2)
   assert c["samples"] == 7 and c["verified"] == 6 and c["truncated"] == 1
   assert failures[2] == ["language"] and c["failed"]["language"] == 1
@@ -84,42 +85,42 @@ def test_select_samples_counts():
   assert c["capped"] == 1 and c["kept"] == 2
   assert kept == [0, 4]  # best scores first (1.0 beats 0.9), then sample order
   assert c["kept"] == c["readable"] - c["duplicates"] - c["capped"]
-  kept, _, c = rs.select_samples(texts, scores, finished, threshold=0.9, keep_truncated=True,
+  kept, _, c = rej.select_samples(texts, scores, finished, threshold=0.9, keep_truncated=True,
                                  dedup=False, filter_config=filters.FilterConfig(enabled=()))
   assert c["truncated"] == 0 and c["duplicates"] == 0 and kept == [0, 1, 2, 3, 4, 6]
   with pytest.raises(ValueError, match="scores"):
-    rs.select_samples(texts, scores[:2], finished, threshold=1.0,
+    rej.select_samples(texts, scores[:2], finished, threshold=1.0,
                       filter_config=filters.FilterConfig())
 
 
 def test_mix_records_ratio():
   reasoning = [{"id": f"r{i}"} for i in range(30)]
   other = [{"id": f"n{i}"} for i in range(100)]
-  mixed, n = rs.mix_records(reasoning, other, 0.25, seed=0)
+  mixed, n = rej.mix_records(reasoning, other, 0.25, seed=0)
   assert n == 10 and len(mixed) == 40
   assert sum(r["id"].startswith("n") for r in mixed) / len(mixed) == 0.25
   assert [r["id"] for r in mixed[:30]] != [r["id"] for r in reasoning]  # shuffled
-  assert rs.mix_records(reasoning, other, 0.25, seed=0)[0] == mixed  # seeded
-  _, n_small = rs.mix_records(reasoning, other[:4], 0.5, seed=0)
+  assert rej.mix_records(reasoning, other, 0.25, seed=0)[0] == mixed  # seeded
+  _, n_small = rej.mix_records(reasoning, other[:4], 0.5, seed=0)
   assert n_small == 4  # fewer available than wanted: all of them
-  assert rs.mix_records(reasoning, other, 0.0, seed=0)[1] == 0
+  assert rej.mix_records(reasoning, other, 0.0, seed=0)[1] == 0
   with pytest.raises(ValueError, match="fraction"):
-    rs.mix_records(reasoning, other, 1.0, seed=0)
+    rej.mix_records(reasoning, other, 1.0, seed=0)
 
 
 def test_judge_loading_and_routing():
-  assert rs.load_judge("") is None
-  assert rs.load_judge("os.path:join") is os.path.join
-  assert rs.load_judge("os.path.join") is os.path.join
+  assert plugins.import_object("", key="judge.fn") is None
+  assert plugins.import_object("os.path:join", key="judge.fn") is os.path.join
+  assert plugins.import_object("os.path.join", key="judge.fn") is os.path.join
   with pytest.raises(ValueError, match="cannot import"):
-    rs.load_judge("no_such_module_xyz:judge")
+    plugins.import_object("no_such_module_xyz:judge", key="judge.fn")
   with pytest.raises(ValueError, match="cannot import"):
-    rs.load_judge("os.path:no_such_fn")
-  assert rs.needs_judge({"task": "open", "answer": "x"}, ["open"])
-  assert rs.needs_judge({"task": "math", "answer": "x"}, ["*"])
-  assert not rs.needs_judge({"task": "math", "answer": "x"}, [])
-  assert rs.needs_judge({"task": "math", "answer": ""}, [])  # nothing for a rule to check
-  assert not rs.needs_judge({"task": "code", "answer": ""}, [])  # code: its tests
+    plugins.import_object("os.path:no_such_fn", key="judge.fn")
+  assert rej.needs_judge({"task": "open", "answer": "x"}, ["open"])
+  assert rej.needs_judge({"task": "math", "answer": "x"}, ["*"])
+  assert not rej.needs_judge({"task": "math", "answer": "x"}, [])
+  assert rej.needs_judge({"task": "math", "answer": ""}, [])  # nothing for a rule to check
+  assert not rej.needs_judge({"task": "code", "answer": ""}, [])  # code: its tests
 
 
 # ---------------------------------------------------------------------- end to end
@@ -146,11 +147,7 @@ def stage_config(tmp_path, monkeypatch):
   with open(non_reasoning, "w") as f:
     for i in range(20):
       f.write(json.dumps({"id": f"gen{i}", "prompt": f"Say hi {i}.", "response": "Hi!"}) + "\n")
-  spec = importlib.util.spec_from_file_location(
-      "tiny_rs_cfg", os.path.join(ROOT, "configs", "tiny_rejection_sampling.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("rejection_sampling:tiny")
   c.prompts = f"train,{open_prompts}"
   c.max_prompts = 4
   c.batch_size = 4
@@ -160,7 +157,7 @@ def stage_config(tmp_path, monkeypatch):
   c.filters.min_language_ratio = 0.5
   c.mix.non_reasoning_jsonl = str(non_reasoning)
   c.mix.fraction = 0.5
-  c.out_dir = str(tmp_path / "rs")
+  c.run_dir = str(tmp_path / "rs")
   return c
 
 
@@ -173,7 +170,7 @@ def test_stage_end_to_end_judge_mix_and_resume(stage_config):
   c = stage_config
   stages.run(c)  # through the stage registry, as `python -m r1jax.main` does
   judge_mod = sys.modules["toy_rs_judge"]
-  out = c.out_dir
+  out = c.run_dir
   summary = json.load(open(os.path.join(out, "summary.json")))
   reasoning = _lines(os.path.join(out, "reasoning.jsonl"))
   ledger = _lines(os.path.join(out, "prompts.jsonl"))
@@ -252,30 +249,3 @@ def test_stage_end_to_end_judge_mix_and_resume(stage_config):
   c.num_samples = K + 1
   with pytest.raises(ValueError, match="other settings"):
     rs.run(c)
-
-
-def test_load_model_from_run_checkpoint(stage_config, tmp_path):
-  """`checkpoint`: a training run's orbax params, model source read from its config.json."""
-  import jax
-  import numpy as np
-
-  from r1jax import models
-  from r1jax.train.trainer import Checkpointer
-  c = stage_config
-  c.tiny_model.num_layers = 1
-  cfg, params, _, _ = rs.load_model(c)
-  run_dir = tmp_path / "run"
-  ckpt = Checkpointer(str(run_dir / "checkpoints"))
-  ckpt.save(7, {"params": params}, {"step": 7})
-  ckpt.manager.close()
-  json.dump({"model": "tiny-random", "tiny_model": c.tiny_model.to_dict()},
-            open(run_dir / "config.json", "w"))
-  c.model, c.checkpoint = "", str(run_dir)
-  cfg2, params2, tok, prov = rs.load_model(c)
-  assert cfg2 == cfg and prov == {"model": "tiny-random", "checkpoint": str(run_dir),
-                                  "checkpoint_step": 7}
-  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  (run_dir / "config.json").unlink()
-  with pytest.raises(ValueError, match="config.model"):
-    rs.load_model(c)

@@ -14,7 +14,7 @@ import pytest
 from test_distributed import MAIN, ROOT, _env, _train_rows, restore_state
 
 STEPS = 8
-COMMON = ["--config=configs/tiny.py", f"--config.steps={STEPS}",
+COMMON = ["--config=configs/grpo.py:tiny", f"--config.steps={STEPS}",
           "--config.rewards.spec=test_length:1.0,format:0.5", "--config.eval.at_start=False",
           "--config.data.train_size=40", "--config.data.eval_size=0",
           # Only the SIGTERM save and the final one: the resume must start from the former.

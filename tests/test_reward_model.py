@@ -4,7 +4,6 @@ separable toy set and saves a loadable reward model. (Resume uses the same Check
 data-state path as the SFT stage, whose test covers exactness; it is not re-run here to keep
 this file fast.)"""
 
-import importlib.util
 import json
 import math
 import os
@@ -14,7 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from r1jax import models
+from r1jax import configs, models
+from r1jax.configs.common import set_path
 from r1jax import sharding as shd
 from r1jax.data import preference_data as pd
 from r1jax.losses import preference as pref
@@ -168,18 +168,10 @@ def test_overlong_pairs_truncate_the_prompt_from_the_left_or_are_skipped(tmp_pat
 
 
 def _tiny_config(run_dir, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "cfg_tiny_rm", os.path.join(HERE, "..", "configs", "tiny_reward_model.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("reward_model:tiny")
   c.run_dir = str(run_dir)
   for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for q in path:
-      node = node[q]
-    node[last] = v
+    set_path(c, k, v)
   return c
 
 
@@ -222,10 +214,6 @@ def test_config_errors_and_registration(tmp_path):
     stage.validate_config(_tiny_config(tmp_path, **{"train.micro_batch_size": 3}))
   with pytest.raises(ValueError, match="num_epochs"):
     stage.validate_config(_tiny_config(tmp_path, steps=0, num_epochs=0.0))
-  spec = importlib.util.spec_from_file_location(
-      "cfg_rm", os.path.join(HERE, "..", "configs", "reward_model.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  stage.validate_config(mod.get_config())
+  stage.validate_config(configs.load("reward_model"))
   with pytest.raises(FileNotFoundError, match="not a reward model directory"):
     rm.load_reward_model(tmp_path)

@@ -3,7 +3,6 @@ attention), exact micro-batch accumulation, JSONL parsing and errors, tokenisati
 the resumable batch iterator, and the tiny end-to-end stage (loss falls, resume is exact,
 the HF export reloads)."""
 
-import importlib.util
 import json
 import os
 
@@ -16,6 +15,8 @@ from r1jax import models
 from r1jax.data import sft_data
 from r1jax.data.sft_data import SFTExample, build_batch, pack_rows
 from r1jax.losses import sft as sft_lib
+from r1jax import configs
+from r1jax.configs.common import set_path
 from r1jax.models.config import tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -257,18 +258,10 @@ def test_batch_iterator_state_is_exact_across_epochs():
 
 # ---------------------------------------------------------------------- the stage
 def _tiny_config(run_dir, **overrides):
-  spec = importlib.util.spec_from_file_location(
-      "tiny_sft_cfg", os.path.join(HERE, "..", "configs", "tiny_sft.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config()
+  c = configs.load("sft:tiny")
   c.run_dir = str(run_dir)
   for k, v in overrides.items():
-    node = c
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
+    set_path(c, k, v)
   return c
 
 
@@ -279,7 +272,7 @@ def _train_records(run_dir):
 
 def test_stage_learns_resumes_exactly_and_exports(tmp_path):
   from r1jax.stages import sft as stage
-  from r1jax.train.trainer import load_run_params
+  from r1jax.models import load_run_params
   a = _tiny_config(tmp_path / "a")
   out = stage.run(a)
   train, evals = _train_records(a.run_dir)
@@ -320,11 +313,7 @@ def test_stage_config_errors(tmp_path):
 
 def test_configs_load():
   for name in ("sft", "cold_start_sft", "reasoning_rl"):
-    spec = importlib.util.spec_from_file_location(
-        f"cfg_{name}", os.path.join(HERE, "..", "configs", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    c = mod.get_config()
+    c = configs.load(name)
     if c.stage == "sft":
       from r1jax.stages import sft as stage
       stage.validate_config(c)

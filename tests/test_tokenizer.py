@@ -145,7 +145,7 @@ def test_chat_template_matches_transformers(tok, hf_gguf_tok):
 @pytest.fixture(scope="module")
 def smollm2_vocab(smollm2_gguf):
   """(tokens, token types, merges) of the default GGUF."""
-  from r1jax.tokenizer import _fast_gguf_reader_cls, _gguf_field
+  from r1jax.tokenizer.gguf import fast_gguf_reader_cls as _fast_gguf_reader_cls, gguf_field as _gguf_field
   reader = _fast_gguf_reader_cls()(str(smollm2_gguf))
   return tuple(_gguf_field(reader, f"tokenizer.ggml.{k}") for k in ("tokens", "token_type",
                                                                        "merges"))

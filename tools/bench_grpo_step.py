@@ -59,8 +59,9 @@ def main():
   c.steps = args.steps
   c.run_dir = tempfile.mkdtemp(prefix="bench_grpo_")
   c.rl.num_generations = args.samples
-  c.rl.batch_size = args.prompts * args.samples
-  c.rl.micro_batch_size = min(args.micro_batch, c.rl.batch_size)
+  c.rl.prompts_per_step = args.prompts
+  c.rl.micro_batch_prompts = max(1, min(args.micro_batch, args.prompts * args.samples)
+                                 // args.samples)
   c.rl.max_new_tokens = args.new_tokens
   c.rl.stop_strings = ""
   c.rl.beta = args.beta

@@ -1,4 +1,4 @@
-"""Build the cold-start SFT set of R1 stage 1 (R1_SPEC sections 1 and 4) as JSONL.
+"""Build the cold-start SFT set of R1 stage 1 (DeepSeek-R1, section 2.3.1) as JSONL.
 
   python tools/build_cold_start.py --samples runs/grpo/samples.jsonl --champ \\
       --out data/cold_start.jsonl
@@ -11,7 +11,7 @@ Sources: verified samples of an R1-Zero run (a GRPO samples.jsonl, or rejection-
 output) and CHAMP worked solutions (--champ). Each response becomes
 `<start>\\n<reasoning>\\n<end>\\n<summary>` and is kept when it is readable (r1jax/data/
 filters.py: language, paragraph, code, summary) and not a duplicate. Library code:
-r1jax/data/cold_start.py. The output is what configs/cold_start_sft.py reads:
+r1jax/curation/cold_start.py. The output is what configs/cold_start_sft.py reads:
   python -m r1jax.main --config=configs/cold_start_sft.py --config.data.train_jsonl=data/cold_start.jsonl
 
 With --tokenizer the tool reports whether the markers are single tokens of that tokenizer.
@@ -32,7 +32,7 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from r1jax.data import cold_start, filters  # noqa: E402
+from r1jax.curation import cold_start, filters  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -1,25 +1,24 @@
-"""Convert a checkpoint (default model name, .gguf file or HF directory) to a Hugging Face
-model directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
+"""Convert a checkpoint (default model name, .gguf file, HF directory or r1jax training run) to
+a Hugging Face model directory that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
   python tools/convert.py smollm2-135m-instruct out/smollm2 --dtype bfloat16
   python tools/convert.py model.Q4_1.gguf out/model --max-shard-size 2GB
 
 Quantised GGUF tensors are dequantised (the export is not smaller than the model in
-`--dtype`). The tokenizer is exported too when `r1jax.tokenizer` provides it.
+`--dtype`). The model comes from `r1jax.models.load`; the tokenizer is exported too.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import pathlib
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from r1jax.models import loading  # noqa: E402
+from r1jax import models  # noqa: E402
+from r1jax.default_models import DEFAULT_MODELS  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -29,7 +28,7 @@ def main(argv=None) -> int:
     SystemExit: bad arguments (2) or a checkpoint that cannot be loaded/exported (1).
   """
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  ap.add_argument("source", help=f"default model name ({', '.join(loading.DEFAULT_MODELS)}), "
+  ap.add_argument("source", help=f"default model name ({', '.join(DEFAULT_MODELS)}), "
                   ".gguf file, Hugging Face model directory, or an r1jax training run "
                   "directory (its latest checkpoint; --step for another)")
   ap.add_argument("--step", type=int, default=None, help="checkpoint step of a run directory")
@@ -43,21 +42,15 @@ def main(argv=None) -> int:
 
   t0 = time.perf_counter()
   try:
-    run_config = os.path.join(args.source, "config.json")
-    if os.path.isdir(os.path.join(args.source, "checkpoints")) and os.path.exists(run_config):
-      # An r1jax run: the model source from its config, the params from its checkpoint.
-      from r1jax.train.trainer import load_run_params
-      model_source = json.load(open(run_config))["model"]
-      cfg = loading.load_config(model_source)
-      params, step = load_run_params(args.source, cfg, args.step)
-      print(f"run {args.source}: checkpoint step {step} of {model_source}")
-      tokenizer_source = json.load(open(run_config)).get("tokenizer") or model_source
-    else:
-      # Load in the export dtype so no float32 copy of a large model is held needlessly.
-      cfg, params = loading.from_pretrained(args.source, param_dtype=args.dtype)
-      tokenizer_source = args.source
-    out = loading.save_pretrained(cfg, params, args.out_dir, dtype=args.dtype,
-                                  max_shard_bytes=args.max_shard_size)
+    # Loaded in the export dtype so no float32 copy of a large model is held needlessly.
+    loaded = models.load(args.source, param_dtype=args.dtype, step=args.step,
+                         with_tokenizer=not args.no_tokenizer)
+    if loaded.info["checkpoint"]:
+      print(f"run {args.source}: checkpoint step {loaded.info['step']} of "
+            f"{loaded.info['source']}")
+    cfg = loaded.config
+    out = models.save_pretrained(cfg, loaded.params, args.out_dir, dtype=args.dtype,
+                                 max_shard_bytes=args.max_shard_size)
   except (FileNotFoundError, ValueError) as e:
     ap.exit(1, f"convert.py: error: {e}\n")
   print(f"model: {cfg.architecture}, {cfg.num_layers} layers, D={cfg.hidden_size}, "
@@ -65,18 +58,11 @@ def main(argv=None) -> int:
         f"({time.perf_counter() - t0:.1f}s)")
   for f in sorted(out.iterdir()):
     print(f"  wrote {f} ({f.stat().st_size:,} bytes)")
-
-  if not args.no_tokenizer:
-    try:
-      from r1jax.tokenizer import Tokenizer
-      from_source = Tokenizer.from_source
-    except (ImportError, AttributeError) as e:
-      print(f"tokenizer: not exported (r1jax.tokenizer unavailable: {e})")
-    else:
-      before = {f: f.stat().st_mtime_ns for f in out.iterdir()}
-      from_source(tokenizer_source).save_pretrained(out)
-      new = [f for f in sorted(out.iterdir()) if before.get(f) != f.stat().st_mtime_ns]
-      for f in new:
+  if loaded.tokenizer is not None:
+    before = {f: f.stat().st_mtime_ns for f in out.iterdir()}
+    loaded.tokenizer.save_pretrained(out)
+    for f in sorted(out.iterdir()):
+      if before.get(f) != f.stat().st_mtime_ns:
         print(f"  wrote {f} ({f.stat().st_size:,} bytes)")
   return 0
 

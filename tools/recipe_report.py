@@ -1,7 +1,7 @@
 """Per-stage figures of a pipeline run: wall time of each stage (its DONE marker), and for
 each evaluation stage (eval_*) pass@1, format rate, mean response length and the mean
-language consistency of the completions (R1_SPEC section 3: share of chain-of-thought words
-in the target language, r1jax.rewards.language).
+language consistency of the completions (DeepSeek-R1, section 2.3.2: share of
+chain-of-thought words in the target language, r1jax.rewards.language).
 
   python tools/recipe_report.py runs/r1_small [--language en]
 

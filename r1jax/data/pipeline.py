@@ -16,19 +16,19 @@ import copy
 import hashlib
 import json
 import logging
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import grain
 import numpy as np
 from ml_collections import ConfigDict
 
 from r1jax.data import sources, templates
+from r1jax.data.prompt_iterator import BlockShard, PromptIterator
 
 __all__ = ["default_data_config", "PromptData", "PromptIterator"]
 
 log = logging.getLogger(__name__)
 
-_STATE_FORMAT = "r1jax.data.PromptIterator/1"
 
 
 def default_data_config() -> ConfigDict:
@@ -321,7 +321,7 @@ class PromptData:
     out = []
     step = 2 * want + 16
     for start in range(0, limit, step):
-      batch = [sources._rg_example(src.name, eval_seed, i, ds[i])
+      batch = [sources.rg_example(src.name, eval_seed, i, ds[i])
                for i in range(start, min(start + step, limit))]
       self._prepare([ex["question"] for ex in batch])
       out += self._take_eval(src, batch, want - len(out), seen)
@@ -400,7 +400,7 @@ class PromptData:
     ds = self.train_dataset()
     local = int(batch_size) // shard_count
     if shard_count > 1:
-      ds = _BlockShard(ds, local, shard_index, shard_count)
+      ds = BlockShard(ds, local, shard_index, shard_count)
     ds = ds.batch(local, batch_fn=list)
     # In-memory data: no threads (grain's advice), so nothing runs in the background.
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -451,71 +451,3 @@ class PromptData:
       "train_prompt_tokens": {"max": self._train_lengths[0],
                               "mean": round(self._train_lengths[1], 2)},
     }
-
-
-class _BlockShard(grain.MapDataset):
-  """Shard `index` of `count` of a MapDataset, in blocks: element m is the parent's
-  (m // block) * block * count + index * block + m % block (see train_iterator)."""
-
-  def __init__(self, parent: grain.MapDataset, block: int, index: int, count: int):
-    super().__init__(parent)
-    self._block, self._index, self._count = block, index, count
-
-  def __len__(self) -> int:
-    return len(self._parent) // self._count
-
-  def __getitem__(self, m):
-    if isinstance(m, slice):
-      return self.slice(m)
-    b = self._block
-    return self._parent[(m // b) * b * self._count + self._index * b + m % b]
-
-  def __str__(self) -> str:
-    return f"_BlockShard(block={self._block}, index={self._index}, count={self._count})"
-
-
-class PromptIterator:
-  """Endless iterator of train batches with checkpointable state.
-
-  Wraps a grain DatasetIterator over a MapDataset, so the state is just the next batch index
-  and restoring is O(1). Batches are deterministic functions of (config, tokenizer, batch index).
-  """
-
-  def __init__(self, it, fingerprint: str, batch_size: int):
-    """Internal: use `PromptData.train_iterator`."""
-    self._it = it
-    self._fingerprint = fingerprint
-    self.batch_size = batch_size
-    self.local_batch_size = batch_size  # this shard's examples per batch
-
-  def __iter__(self) -> Iterator[list[dict]]:
-    return self
-
-  def __next__(self) -> list[dict]:
-    return next(self._it)
-
-  def get_state(self) -> dict:
-    """JSON-serialisable state: {"format", "fingerprint", "batch_size", "grain"}."""
-    return {"format": _STATE_FORMAT, "fingerprint": self._fingerprint,
-            "batch_size": self.batch_size, "grain": self._it.get_state()}
-
-  def set_state(self, state: Mapping, *, strict: bool = True) -> None:
-    """Restores a `get_state()`; the next batches are those the saved iterator would yield.
-
-    Args:
-      state: a dict from get_state (e.g. after a JSON round trip).
-      strict: a state saved with another data config / tokenizer / batch size raises; with
-        strict=False it only logs a warning (the batches then differ from the original run).
-
-    Raises:
-      ValueError: not a PromptIterator state, or (strict) a fingerprint mismatch.
-    """
-    if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-      raise ValueError(f"not a {_STATE_FORMAT} state: {state!r:.200}")
-    if state.get("fingerprint") != self._fingerprint:
-      msg = ("iterator state was saved with a different data config, tokenizer or batch size "
-             f"({state.get('fingerprint')} != {self._fingerprint})")
-      if strict:
-        raise ValueError(msg + "; pass strict=False to restore the position anyway")
-      log.warning("%s; restoring the position anyway", msg)
-    self._it.set_state(dict(state["grain"]))

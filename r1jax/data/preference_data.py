@@ -22,15 +22,16 @@ Batch layout (B pairs, L = seq_len):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from r1jax.data.sft_data import read_jsonl_records, resolve_data_config, tokenize_messages
+from r1jax.data import supervised as sup
+from r1jax.data.sft_data import tokenize_messages
+from r1jax.data.supervised import FORMATS
+from r1jax.data.sft_records import read_jsonl_records
 
 __all__ = ["PreferencePair", "PreferenceData", "PairBatchIterator", "default_preference_data_config",
            "parse_preference_record", "read_preference_jsonl", "toy_preference_records",
@@ -38,11 +39,9 @@ __all__ = ["PreferencePair", "PreferenceData", "PairBatchIterator", "default_pre
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("chat", "raw")
 OVERLONG = ("truncate", "skip")
 SOURCES = ("jsonl", "toy")
 _RESERVED = ("prompt", "chosen", "rejected", "id")
-_STATE_FORMAT = "r1jax.data.PairBatchIterator/1"
 
 
 def default_preference_data_config() -> ConfigDict:
@@ -230,49 +229,26 @@ class PreferenceData:
   """
 
   def __init__(self, config: Any, tokenizer):
-    c = resolve_data_config(default_preference_data_config(), config, "preference", SOURCES,
-                            OVERLONG)
+    c = sup.resolve_data_config(default_preference_data_config(), config, "preference",
+                                SOURCES, OVERLONG)
     self.config, self.tokenizer = c, tokenizer
     self.seq_len = int(c["seq_len"])
     self.counts = {"malformed": 0, "train_records": 0, "eval_records": 0, "overlong_skipped": 0,
                    "truncated": 0}
-    records = self._read_sources()
-    if c["eval_jsonl"]:
-      eval_records, skipped = read_preference_jsonl(c["eval_jsonl"], on_error=c["on_error"])
-      self.counts["malformed"] += len(skipped)
-    else:
-      k = min(int(c["eval_size"]), len(records) // 2)
-      pick = set(np.random.RandomState(int(c["seed"]) + 7).permutation(len(records))[:k].tolist())
-      eval_records = [r for i, r in enumerate(records) if i in pick]
-      records = [r for i, r in enumerate(records) if i not in pick]
-    self.counts["train_records"], self.counts["eval_records"] = len(records), len(eval_records)
+    read = lambda path: read_preference_jsonl(path, on_error=c["on_error"])
+    records = (toy_preference_records(int(c["toy_size"]), int(c["seed"])) if c["source"] == "toy"
+               else sup.read_train_files(c, read, self.counts,
+                                         '{"prompt", "chosen", "rejected"} records'))
+    records, eval_records = sup.split_eval(records, c, read, self.counts)
     self.train = self._tokenize(records)
     self.eval = self._tokenize(eval_records)
-    if not self.train:
-      raise ValueError(f"no preference train pairs left: {self.counts}")
+    sup.check_not_empty(self.train, c, self.counts, "preference train pairs")
     if self.counts["overlong_skipped"] or self.counts["truncated"]:
       log.warning("preference data: %d over-long pairs skipped, %d truncated (prompt cut from "
                   "the left) to seq_len=%d", self.counts["overlong_skipped"],
                   self.counts["truncated"], self.seq_len)
-    blob = json.dumps({"config": c, "vocab": getattr(tokenizer, "vocab_size", None),
-                       "n": [(len(p.chosen), len(p.rejected)) for p in self.train]},
-                      sort_keys=True, default=str)
-    self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-  def _read_sources(self) -> list[dict]:
-    c = self.config
-    if c["source"] == "toy":
-      return toy_preference_records(int(c["toy_size"]), int(c["seed"]))
-    files = [p.strip() for p in str(c["train_jsonl"]).split(",") if p.strip()]
-    if not files:
-      raise ValueError("data.train_jsonl is empty: give one or more JSONL files of "
-                       '{"prompt", "chosen", "rejected"} records')
-    records = []
-    for path in files:
-      recs, skipped = read_preference_jsonl(path, on_error=c["on_error"])
-      self.counts["malformed"] += len(skipped)
-      records += recs
-    return records
+    self.fingerprint = sup.fingerprint(c, tokenizer,
+                                       [(len(p.chosen), len(p.rejected)) for p in self.train])
 
   def _tokenize(self, records: list[dict]) -> list[PreferencePair]:
     c, out = self.config, []
@@ -312,13 +288,16 @@ class PreferenceData:
                              batch_size) for i in range(0, len(self.eval), batch_size)]
 
 
-class PairBatchIterator:
+class PairBatchIterator(sup.EpochState):
   """Endless iterator of pair batches with an exact, JSON-serialisable position.
 
   Epoch e: the pairs in a permutation seeded by (seed, e) (file order without shuffle), in
   batches of `batch_size`; the last batch of an epoch is padded with weight-0 rows. A batch
   is a pure function of (epoch, index), so resuming gives the batches the original run saw.
   """
+
+  STATE_FORMAT = "r1jax.data.PairBatchIterator/1"
+  WHAT = "preference"
 
   def __init__(self, pairs: Sequence[PreferencePair], seq_len: int, batch_size: int, *,
                shuffle: bool, seed: int, pad_id: int, fingerprint: str = ""):
@@ -352,21 +331,3 @@ class PairBatchIterator:
   def epoch_progress(self) -> float:
     """Epochs done as a float."""
     return self.epoch + min(self.index, self.batches_per_epoch()) / self.batches_per_epoch()
-
-  def get_state(self) -> dict:
-    """{"format", "fingerprint", "epoch", "index"} (JSON-serialisable)."""
-    return {"format": _STATE_FORMAT, "fingerprint": self.fingerprint, "epoch": self.epoch,
-            "index": self.index}
-
-  def set_state(self, state: Mapping) -> None:
-    """Restore a get_state().
-
-    Raises:
-      ValueError: not such a state, or saved with other data / tokenizer / batch size.
-    """
-    if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-      raise ValueError(f"not a {_STATE_FORMAT} state: {state!r:.200}")
-    if state.get("fingerprint") != self.fingerprint:
-      raise ValueError("preference data state was saved with other data, tokenizer, seq_len or "
-                       f"batch size ({state.get('fingerprint')} != {self.fingerprint})")
-    self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -1,15 +1,15 @@
 """SFT data: JSONL conversations -> tokens with a loss mask -> packed fixed-shape batches.
 
 Used by the SFT stage, and meant for every SFT-family stage (cold start, RFT, rejection-
-sampling SFT, distillation; R1_SPEC sections 1 and 5): they differ in where the records come
+sampling SFT, distillation; DeepSeek-R1, sections 2.3 and 2.4): they differ in where the records come
 from, not in how they are tokenised, packed and batched.
 
-Records (one JSON object per line of a JSONL or JSONL.gz file), one of
+Records (r1jax.data.sft_records; one JSON object per line of a JSONL or JSONL.gz file), one of
   {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
       the loss is on the assistant turns;
   {"prompt": str, "response": str}              one user turn and one assistant turn;
   {"prompt": str, "reasoning": str, "summary": str}
-      the assistant turn is the R1 output format (R1_SPEC section 4),
+      the assistant turn is the R1 output format (DeepSeek-R1, section 2.3.1),
       `format_r1_response(reasoning, summary)` = "<think>\\n{reasoning}\\n</think>\\n{summary}";
 plus optional "id" (str/int) and "system" (str, prepended as a system message). Other fields
 go into "metadata".
@@ -35,16 +35,16 @@ only, so a packed row computes exactly what separate rows would.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-from pathlib import Path
 from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 from ml_collections import ConfigDict
 
-from r1jax.data.sources import _open_lines
+from r1jax.data import supervised as sup
+from r1jax.data.supervised import FORMATS
+from r1jax.data.sft_records import (R1_RESPONSE_FORMAT, champ_sft_records,  # noqa: F401
+                                    format_r1_response, parse_sft_record, read_sft_jsonl)
 
 __all__ = ["R1_RESPONSE_FORMAT", "SFTExample", "SFTData", "SFTBatchIterator",
            "default_sft_data_config", "format_r1_response", "read_sft_jsonl", "parse_sft_record", "champ_sft_records",
@@ -52,15 +52,8 @@ __all__ = ["R1_RESPONSE_FORMAT", "SFTExample", "SFTData", "SFTBatchIterator",
 
 log = logging.getLogger(__name__)
 
-# The R1 output format |special_token|<reasoning_process>|special_token|<summary> with the
-# think tags as the special tokens (what the format / language rewards look for).
-R1_RESPONSE_FORMAT = "<think>\n{reasoning}\n</think>\n{summary}"
-ROLES = ("system", "user", "assistant")
-FORMATS = ("chat", "raw")
 OVERLONG = ("skip", "truncate")
 SOURCES = ("jsonl", "champ")
-_RESERVED = ("messages", "prompt", "response", "reasoning", "summary", "system", "id")
-_STATE_FORMAT = "r1jax.data.SFTBatchIterator/1"
 
 
 def default_sft_data_config() -> ConfigDict:
@@ -100,168 +93,6 @@ class SFTExample(NamedTuple):
   id: str
   ids: np.ndarray
   loss_mask: np.ndarray
-
-
-# ---------------------------------------------------------------------------------- records
-def format_r1_response(reasoning: str, summary: str, fmt: str = R1_RESPONSE_FORMAT) -> str:
-  """The R1 output format `|special_token|<reasoning_process>|special_token|<summary>`
-  (R1_SPEC section 4): `fmt` with "{reasoning}" and "{summary}" replaced (str.replace, so
-  braces in the texts are safe)."""
-  return fmt.replace("{reasoning}", reasoning.strip()).replace("{summary}", summary.strip())
-
-
-def _text_field(rec: dict, key: str) -> str:
-  v = rec[key]
-  if not isinstance(v, str):
-    raise ValueError(f'"{key}" must be a string, got {type(v).__name__}')
-  if not v.strip():
-    raise ValueError(f'empty "{key}"')
-  return v
-
-
-def parse_sft_record(rec: Any, *, default_id: str = "", r1_format: str = R1_RESPONSE_FORMAT
-                     ) -> dict:
-  """Validate one record and normalise it to {"id", "messages", "metadata"}.
-
-  Args:
-    rec: the decoded JSON value of one line.
-    default_id: id when the record has none.
-    r1_format: template of {"reasoning", "summary"} records (see format_r1_response).
-  Returns:
-    {"id": str, "messages": [{"role", "content"}, ...], "metadata": dict}.
-  Raises:
-    ValueError: not an object, no usable fields, wrong types, empty texts, unknown roles, or
-      no assistant turn (the message says which).
-  """
-  if not isinstance(rec, dict):
-    raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
-  if "messages" in rec:
-    msgs = rec["messages"]
-    if not isinstance(msgs, list) or not msgs:
-      raise ValueError('"messages" must be a non-empty list')
-    messages = []
-    for i, m in enumerate(msgs):
-      if not isinstance(m, dict) or "role" not in m or "content" not in m:
-        raise ValueError(f'messages[{i}] must be an object with "role" and "content"')
-      if m["role"] not in ROLES:
-        raise ValueError(f'messages[{i}] has role {m["role"]!r}; expected one of {ROLES}')
-      if not isinstance(m["content"], str):
-        raise ValueError(f'messages[{i}].content must be a string, got '
-                         f'{type(m["content"]).__name__}')
-      messages.append({"role": m["role"], "content": m["content"]})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-      raise ValueError("no non-empty assistant message (nothing to train on)")
-  elif "prompt" in rec:
-    prompt = _text_field(rec, "prompt")
-    if "response" in rec:
-      response = _text_field(rec, "response")
-    elif "reasoning" in rec and "summary" in rec:
-      response = format_r1_response(_text_field(rec, "reasoning"), _text_field(rec, "summary"),
-                                    r1_format)
-    else:
-      raise ValueError('missing "response" (or "reasoning" and "summary") next to "prompt"')
-    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-  else:
-    raise ValueError('missing "messages" or "prompt"/"response" fields')
-  if "system" in rec and rec["system"] is not None:
-    if messages[0]["role"] == "system":
-      raise ValueError('both a "system" field and a system message')
-    messages.insert(0, {"role": "system", "content": _text_field(rec, "system")})
-  ex_id = rec.get("id", default_id)
-  if isinstance(ex_id, bool) or not isinstance(ex_id, (str, int)):
-    raise ValueError(f'"id" must be a string or an integer, got {type(ex_id).__name__}')
-  return {"id": str(ex_id), "messages": messages,
-          "metadata": {k: v for k, v in rec.items() if k not in _RESERVED}}
-
-
-def read_sft_jsonl(path: str, *, on_error: str = "raise", r1_format: str = R1_RESPONSE_FORMAT
-                   ) -> tuple[list[dict], list[int]]:
-  """SFT records of a JSONL(.gz) file (blank lines ignored).
-
-  Args:
-    path: the file.
-    on_error: "raise" or "skip" (malformed lines counted and reported in one warning).
-    r1_format: see parse_sft_record.
-  Returns:
-    (records as parse_sft_record returns them, 1-based numbers of skipped lines).
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: "{path}: line {n}: {problem}" for the first malformed line (on_error="raise"),
-      or a bad on_error.
-  """
-  return read_jsonl_records(
-      path, lambda rec, rid: parse_sft_record(rec, default_id=rid, r1_format=r1_format),
-      what="SFT", on_error=on_error)
-
-
-def read_jsonl_records(path: str, parse, *, what: str, on_error: str = "raise"
-                       ) -> tuple[list[Any], list[int]]:
-  """Parsed records of a JSONL(.gz) file, one per non-blank line.
-
-  Args:
-    path: the file.
-    parse: (json value, default id "file:line") -> record; raises ValueError when malformed.
-    what: name in the not-found error ("SFT", "preference").
-    on_error: "raise" or "skip" (malformed lines counted and reported in one warning).
-  Returns:
-    (records, 1-based numbers of skipped lines).
-  Raises:
-    FileNotFoundError: no such file.
-    ValueError: "{path}: line {n}: {problem}" for the first malformed line (on_error="raise"),
-      or a bad on_error.
-  """
-  if on_error not in ("raise", "skip"):
-    raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-  p = Path(path).expanduser()
-  if not p.is_file():
-    raise FileNotFoundError(f"{what} JSONL file not found: {p}")
-  records, skipped, first = [], [], None
-  with _open_lines(p) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        try:
-          text = line.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise ValueError(f"not valid UTF-8 ({e.reason} at byte {e.start})") from None
-        try:
-          rec = json.loads(text.lstrip("\ufeff") if lineno == 1 else text)
-        except json.JSONDecodeError as e:
-          raise ValueError(f"invalid JSON: {e.msg} (column {e.colno})") from None
-        records.append(parse(rec, f"{p.name}:{lineno}"))
-      except ValueError as e:
-        if on_error == "raise":
-          raise ValueError(f"{p}: line {lineno}: {e}") from None
-        skipped.append(lineno)
-        first = first or f"line {lineno}: {e}"
-  if skipped:
-    log.warning("%s: skipped %d malformed line(s) (first: %s)", p, len(skipped), first)
-  return records, skipped
-
-
-def champ_sft_records(r1_format: str = R1_RESPONSE_FORMAT) -> list[dict]:
-  """CHAMP competition problems with their worked solutions as SFT records in the R1 format.
-
-  The response is the reference solution as the reasoning and "The answer is <answer>
-  X </answer>." as the summary, so the accuracy reward can read the answer. All 270 problems
-  (solutions exist for unverifiable answers too). Needs the PyPI package champ-dataset.
-
-  Returns:
-    list of {"id", "messages", "metadata"} (see parse_sft_record).
-  Raises:
-    ImportError / FileNotFoundError: champ-dataset is not installed.
-  """
-  from r1jax.data.champ import champ_examples
-  out = []
-  for ex in champ_examples(only_verifiable=False):
-    md = ex["metadata"]
-    summary = f"The answer is <answer> {ex['answer']} </answer>."
-    out.append(parse_sft_record({"id": ex["id"], "prompt": ex["question"],
-                                 "reasoning": md["solution"] or ex["answer"],
-                                 "summary": summary, "category": md["category"]},
-                                r1_format=r1_format))
-  return out
 
 
 # ---------------------------------------------------------------------------------- tokens
@@ -408,34 +239,6 @@ def build_batch(examples: Sequence[SFTExample], rows: Sequence[Sequence[int]], s
 
 
 # ---------------------------------------------------------------------------------- dataset
-def resolve_data_config(defaults: ConfigDict, config: Any, what: str, sources: Sequence[str],
-                        overlong: Sequence[str] = OVERLONG) -> dict:
-  """`config` over `defaults` as a dict, with the checks every supervised loader shares.
-
-  Args:
-    defaults: the loader's default config; config: ConfigDict / dict / None.
-    what: name in error messages ("SFT", "preference").
-    sources, overlong: the allowed `source` and `overlong` values.
-
-  Raises:
-    ValueError: unknown keys, or source / format / overlong / seq_len / eval_size out of range.
-  """
-  d = defaults.to_dict()
-  given = config.to_dict() if hasattr(config, "to_dict") else dict(config or {})
-  unknown = set(given) - set(d)
-  if unknown:
-    raise ValueError(f"unknown {what} data config keys: {sorted(unknown)}")
-  d.update(given)
-  for key, allowed in (("source", sources), ("format", FORMATS), ("overlong", overlong)):
-    if d[key] not in allowed:
-      raise ValueError(f"data.{key} must be one of {tuple(allowed)}, got {d[key]!r}")
-  if int(d["seq_len"]) < 2:
-    raise ValueError(f"data.seq_len must be >= 2, got {d['seq_len']}")
-  if int(d["eval_size"]) < 0:
-    raise ValueError(f"data.eval_size must be >= 0, got {d['eval_size']}")
-  return d
-
-
 class SFTData:
   """The tokenised train and eval examples of an SFT config (built eagerly, counts exact).
 
@@ -449,48 +252,23 @@ class SFTData:
   """
 
   def __init__(self, config: Any, tokenizer):
-    c = resolve_data_config(default_sft_data_config(), config, "SFT", SOURCES)
+    c = sup.resolve_data_config(default_sft_data_config(), config, "SFT", SOURCES, OVERLONG)
     self.config, self.tokenizer = c, tokenizer
     self.seq_len = int(c["seq_len"])
     self.counts = {"malformed": 0, "train_records": 0, "eval_records": 0, "overlong_skipped": 0,
                    "truncated": 0, "no_trained_tokens": 0}
-    records = self._read_sources()
-    if c["eval_jsonl"]:
-      eval_records, skipped = read_sft_jsonl(c["eval_jsonl"], on_error=c["on_error"],
-                                             r1_format=c["r1_format"])
-      self.counts["malformed"] += len(skipped)
-    else:
-      # A seeded choice of held-out records, the same for any run of this config.
-      k = min(int(c["eval_size"]), len(records) // 2)
-      pick = set(np.random.RandomState(int(c["seed"]) + 7).permutation(len(records))[:k].tolist())
-      eval_records = [r for i, r in enumerate(records) if i in pick]
-      records = [r for i, r in enumerate(records) if i not in pick]
-    self.counts["train_records"], self.counts["eval_records"] = len(records), len(eval_records)
+    read = lambda path: read_sft_jsonl(path, on_error=c["on_error"], r1_format=c["r1_format"])
+    records = (champ_sft_records(c["r1_format"]) if c["source"] == "champ" else
+               sup.read_train_files(c, read, self.counts, "SFT records"))
+    records, eval_records = sup.split_eval(records, c, read, self.counts)
     self.train = self._tokenize(records)
     self.eval = self._tokenize(eval_records)
-    if not self.train:
-      raise ValueError(f"no SFT train examples left: {self.counts}")
+    sup.check_not_empty(self.train, c, self.counts, "SFT train examples")
     if any(self.counts[k] for k in ("overlong_skipped", "truncated", "no_trained_tokens")):
       log.warning("SFT data: %d over-long examples skipped, %d truncated to seq_len=%d, %d "
                   "without trained tokens dropped", self.counts["overlong_skipped"],
                   self.counts["truncated"], self.seq_len, self.counts["no_trained_tokens"])
-    blob = json.dumps({"config": c, "vocab": getattr(tokenizer, "vocab_size", None),
-                       "n": [len(e.ids) for e in self.train]}, sort_keys=True, default=str)
-    self.fingerprint = hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-  def _read_sources(self) -> list[dict]:
-    c = self.config
-    if c["source"] == "champ":
-      return champ_sft_records(c["r1_format"])
-    files = [p.strip() for p in str(c["train_jsonl"]).split(",") if p.strip()]
-    if not files:
-      raise ValueError("data.train_jsonl is empty: give one or more JSONL files of SFT records")
-    records = []
-    for path in files:
-      recs, skipped = read_sft_jsonl(path, on_error=c["on_error"], r1_format=c["r1_format"])
-      self.counts["malformed"] += len(skipped)
-      records += recs
-    return records
+    self.fingerprint = sup.fingerprint(c, tokenizer, [len(e.ids) for e in self.train])
 
   def _tokenize(self, records: list[dict]) -> list[SFTExample]:
     c, out = self.config, []
@@ -537,7 +315,7 @@ class SFTData:
             for i in range(0, len(rows), batch_size)]
 
 
-class SFTBatchIterator:
+class SFTBatchIterator(sup.EpochState):
   """Endless iterator of packed train batches with an exact, JSON-serialisable position.
 
   Epoch e: the examples in a permutation seeded by (seed, e) (file order without shuffle),
@@ -545,6 +323,9 @@ class SFTBatchIterator:
   epoch is padded with empty rows. The state is (epoch, batch index): a batch is a pure
   function of it, so resuming gives the batches the original run would have seen.
   """
+
+  STATE_FORMAT = "r1jax.data.SFTBatchIterator/1"
+  WHAT = "SFT"
 
   def __init__(self, examples: Sequence[SFTExample], seq_len: int, batch_size: int, *,
                packing: bool, shuffle: bool, seed: int, pad_id: int, fingerprint: str = ""):
@@ -586,21 +367,3 @@ class SFTBatchIterator:
     """Epochs done as a float (e.g. 1.5 = half-way through the second epoch)."""
     n = len(self._epoch_rows(self.epoch))
     return self.epoch + min(self.index * self.batch_size, n) / max(n, 1)
-
-  def get_state(self) -> dict:
-    """{"format", "fingerprint", "epoch", "index"} (JSON-serialisable)."""
-    return {"format": _STATE_FORMAT, "fingerprint": self.fingerprint, "epoch": self.epoch,
-            "index": self.index}
-
-  def set_state(self, state: Mapping) -> None:
-    """Restore a get_state().
-
-    Raises:
-      ValueError: not such a state, or saved with other data / tokenizer / batch size.
-    """
-    if not isinstance(state, Mapping) or state.get("format") != _STATE_FORMAT:
-      raise ValueError(f"not a {_STATE_FORMAT} state: {state!r:.200}")
-    if state.get("fingerprint") != self.fingerprint:
-      raise ValueError("SFT data state was saved with other data, tokenizer, seq_len or batch "
-                       f"size ({state.get('fingerprint')} != {self.fingerprint})")
-    self.epoch, self.index = int(state["epoch"]), int(state["index"])

@@ -97,7 +97,8 @@ def reasoning_gym_dataset(task: str, size: int, seed: int, config: Any = None):
     raise ValueError(f"invalid config {kwargs} for reasoning-gym task {task!r}: {e}") from e
 
 
-def _rg_example(task: str, seed: int, index: int, entry: Mapping) -> dict:
+def rg_example(task: str, seed: int, index: int, entry: Mapping) -> dict:
+  """The example dict of entry `index` of a reasoning-gym dataset built with `seed`."""
   answer = entry.get("answer")
   return {
     "id": f"{task}/{seed}/{index}",
@@ -125,10 +126,10 @@ def reasoning_gym_examples(task: str, size: int, seed: int, config: Any = None,
     ValueError: as in `reasoning_gym_dataset`.
   """
   ds = reasoning_gym_dataset(task, start + size, seed, config)
-  return [_rg_example(task, seed, i, ds[i]) for i in range(start, start + size)]
+  return [rg_example(task, seed, i, ds[i]) for i in range(start, start + size)]
 
 
-def _open_lines(path: Path):
+def open_lines(path: Path):
   """Binary line iterator over a plain or gzipped file (gzip detected by its magic bytes)."""
   with open(path, "rb") as f:
     magic = f.read(2)
@@ -207,7 +208,7 @@ def read_jsonl(path: str | os.PathLike, *, on_error: str = "raise") -> tuple[lis
     raise FileNotFoundError(f"JSONL file not found: {p}")
   examples, skipped, first_error = [], [], None
   try:
-    with _open_lines(p) as f:
+    with open_lines(p) as f:
       for lineno, line in enumerate(f, 1):
         if not line.strip():
           continue

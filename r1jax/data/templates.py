@@ -1,7 +1,7 @@
 """Prompt templates: how a question becomes the text the policy continues.
 
 Names:
-  "r1_zero"  the R1-Zero training template (R1_SPEC.md section 4), plain text, no chat markup.
+  "r1_zero"  the R1-Zero training template (DeepSeek-R1, table 1), plain text, no chat markup.
   "chat"     the model's chat template, question as the user message, generation prompt added.
   "chat_r1"  the chat template with a system message carrying the R1-Zero format instructions.
   "r1_zero_1shot"  the R1-Zero instructions, one worked example in the format, and the
@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["R1_ZERO_TEMPLATE", "R1_ZERO_1SHOT_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES",
            "render_prompt", "response_prefix", "check_template", "is_chat_template"]
 
-# Verbatim from R1_SPEC.md section 4; "{prompt}" is replaced by the question.
+# DeepSeek-R1, table 1 (docs/method.md "Templates"); "{prompt}" is replaced by the question.
 R1_ZERO_TEMPLATE = (
   "A conversation between User and Assistant. The user asks a question, and the Assistant "
   "solves it. The assistant first thinks about the reasoning process in the mind and then "

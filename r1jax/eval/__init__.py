@@ -1,2 +1,2 @@
-"""Evaluation: pass@k, pass@1 from k samples, cons@N (R1_SPEC section 6)."""
+"""Evaluation: pass@k, pass@1 from k samples, cons@N (DeepSeek-R1, section 3; docs/method.md "Evaluation")."""
 from r1jax.eval.metrics import majority_vote, normalize_answer, pass_at_1, pass_at_k

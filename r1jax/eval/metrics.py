@@ -1,4 +1,5 @@
-"""Evaluation metrics as the R1 paper reports them (R1_SPEC section 6).
+"""Evaluation metrics as the R1 paper reports them (DeepSeek-R1, section 3;
+docs/method.md "Evaluation").
 
 - pass@1 from k samples: mean over problems of (correct samples / k).
 - Unbiased pass@k from n samples with c correct (Chen et al. 2021, "Evaluating Large

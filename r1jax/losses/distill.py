@@ -1,6 +1,7 @@
-"""Logit distillation: per-token KL(teacher || student), mixed with the SFT NLL (R1_SPEC section 5).
+"""Logit distillation: per-token KL(teacher || student), mixed with the SFT NLL.
 
-R1 distils by SFT of the student on teacher samples (configs/distill.py, plain SFT). When the
+R1 distils by SFT of the student on teacher samples (DeepSeek-R1, section 2.4;
+configs/distill.py, plain SFT). When the
 student shares the teacher's tokenizer, the teacher's whole next-token distribution can be
 matched as well (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network",
 eq. 1 and section 2):
@@ -19,8 +20,8 @@ each chunk, so the backward pass keeps only the chunk inputs and recomputes the 
 logits; memory ~ C x V floats plus d W. The teacher is under `stop_gradient`.
 
 The teacher params enter the jitted update as an argument (not a closure: jit would bake
-closed-over arrays into the executable as constants): `DistillTrainer` adds them to the
-Trainer's update, sharded like the student's params.
+closed-over arrays into the executable as constants): the loss takes them as its 4th argument,
+the frozen params of `r1jax.train.trainer.Trainer(frozen_axes=...)`.
 """
 
 from __future__ import annotations
@@ -29,14 +30,11 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from r1jax.kernels.logprob import token_logprobs
 from r1jax import models
-from r1jax import sharding as shd
 from r1jax.losses import sft as sft_lib
 from r1jax.models.config import ModelConfig
-from r1jax.train import trainer as trainer_lib
 
 
 def _logits(h, w, temperature):
@@ -184,47 +182,3 @@ def check_vocab(cfg: ModelConfig, teacher_cfg: ModelConfig) -> None:
     raise ValueError(f"distill.teacher has vocab_size={teacher_cfg.vocab_size} but the student "
                      f"has {cfg.vocab_size}: logit distillation needs a student that shares the "
                      f"teacher's tokenizer (set distill.teacher='' for SFT on teacher samples)")
-
-
-class DistillTrainer(trainer_lib.Trainer):
-  """A Trainer whose jitted update also takes the frozen teacher params as an argument.
-
-  `loss_fn` has the signature of `make_loss_fn`'s result (4 arguments); the Trainer's
-  3-argument loss sees the teacher params that are being traced. The teacher is placed on
-  the mesh once, with the student's logical-axis rules.
-
-  Args:
-    mesh, param_axes, optimizer, num_micro_batches, rules: as for Trainer.
-    loss_fn: (params, micro_batch, denominator, teacher_params) -> (loss, metrics).
-    teacher_params: host or device param tree of the teacher.
-    teacher_axes: its logical axes (models.param_logical_axes(teacher_cfg)).
-  """
-
-  def __init__(self, mesh, param_axes, loss_fn, optimizer, num_micro_batches: int = 1,
-               rules: Optional[dict] = None, *, teacher_params, teacher_axes):
-    self._traced_teacher = None
-    super().__init__(mesh, param_axes,
-                     lambda p, mb, d: loss_fn(p, mb, d, self._traced_teacher), optimizer,
-                     num_micro_batches, rules=rules)
-    self.teacher_shardings = shd.tree_shardings(teacher_axes, teacher_params, mesh, self.rules)
-    self.teacher_params = shd.reshard(teacher_params, self.teacher_shardings)
-
-  def _build_update(self):
-    base = super()._build_update()
-
-    def update(state, batch, denominator, teacher_params):
-      self._traced_teacher = teacher_params  # read by the loss while `base` is traced
-      try:
-        return base(state, batch, denominator)
-      finally:
-        self._traced_teacher = None
-    return update
-
-  def _jit_update(self, batch):
-    batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v), self.rules)
-                       for k, v in batch.items()}
-    fn = jax.jit(self._build_update(), donate_argnums=(0,),
-                 in_shardings=(self.state_shardings, batch_shardings,
-                               shd.replicated(self.mesh), self.teacher_shardings),
-                 out_shardings=(self.state_shardings, shd.replicated(self.mesh)))
-    return lambda state, b, d: fn(state, b, d, self.teacher_params)

@@ -1,4 +1,5 @@
-"""SFT-family loss: token-mean negative log-likelihood of the response (R1_SPEC section 5).
+"""SFT-family loss: token-mean negative log-likelihood of the response (DeepSeek-R1, sections
+2.3.1, 2.3.3 and 2.4: cold start, rejection-sampling SFT and distillation are all SFT).
 
     L(theta) = - sum_{rows r, slots t} w_rt * log pi_theta(y_rt | x_r<=t) / D
 

@@ -5,7 +5,7 @@
 with h_L the decoder's final hidden states (after the last RMSNorm), w a [D] vector and b a
 scalar (Ouyang et al. 2022, "Training language models to follow instructions with human
 feedback", section 3.5; Stiennon et al. 2020, "Learning to summarize from human feedback").
-R1 stage 4 (R1_SPEC sections 1 and 3) uses such models for the helpfulness and harmlessness
+R1 stage 4 (DeepSeek-R1, section 2.3.4) uses such models for the helpfulness and harmlessness
 rewards of general prompts.
 
 Params are a plain dict {"decoder": <decoder params>, "score_head": {"kernel": [D],

@@ -1,4 +1,7 @@
-"""Stage entry points, dispatched on `config.stage` by r1jax.main."""
+"""Stage entry points, dispatched on `config.stage` by r1jax.main (and r1jax.run).
+
+Each stage module has run(config); the training stages run on r1jax.train.loop, and every
+stage gets its model from r1jax.models.load. No stage imports another stage."""
 
 from __future__ import annotations
 
@@ -16,8 +19,8 @@ STAGES = {
 }
 
 
-def run(config) -> None:
-  """Run the stage named by `config.stage`.
+def run(config):
+  """Run the stage named by `config.stage`; returns the stage's result.
 
   Raises:
     ValueError: the stage is unknown.
@@ -25,4 +28,4 @@ def run(config) -> None:
   name = config.stage
   if name not in STAGES:
     raise ValueError(f"unknown stage {name!r}; known stages: {sorted(STAGES)}")
-  importlib.import_module(STAGES[name]).run(config)
+  return importlib.import_module(STAGES[name]).run(config)

@@ -1,9 +1,11 @@
 """Stage `eval`: pass@1 from n samples, unbiased pass@k and cons@n, as the R1 paper reports
-them (R1_SPEC section 6), for a model source or a training run's checkpoint.
+them (DeepSeek-R1, section 3; docs/method.md "Evaluation"), for any model source of
+r1jax.models.load (a training run directory evaluates its latest checkpoint, or
+`checkpoint_step`).
 
 For every problem: n samples (one prefill per problem, `Sampler` with num_samples = n),
 scored with the training verifier (`accuracy`, binary), answers extracted for the majority
-vote. Per-problem records go to `<out_dir>/records.jsonl` as they are produced, so a killed
+vote. Per-problem records go to `<run_dir>/records.jsonl` as they are produced, so a killed
 evaluation resumes from them; the report is `report.json` and `report.md`.
 """
 
@@ -20,7 +22,6 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from r1jax import models, sampling
 from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
@@ -29,10 +30,11 @@ from r1jax.eval.metrics import majority_vote, pass_at_k
 from r1jax.rewards import RewardComputer, format_ok
 from r1jax.rewards.parsing import extract_answer
 from r1jax.tokenizer import Tokenizer
+from r1jax.train import loop
+from r1jax.train import settings as settings_lib
 
 # Config fields that change the records (resuming with other values would mix results).
-_RECORD_FIELDS = ("model", "checkpoint", "checkpoint_step", "template", "num_samples",
-                  "sampling", "seed")
+_RECORD_FIELDS = ("model", "checkpoint_step", "template", "num_samples", "sampling", "seed")
 
 
 def load_datasets(config, tok: Tokenizer) -> dict[str, list[dict]]:
@@ -50,25 +52,6 @@ def load_datasets(config, tok: Tokenizer) -> dict[str, list[dict]]:
     else:
       raise ValueError(f"unknown eval dataset {name!r}: use heldout, champ or a .jsonl path")
   return out
-
-
-def load_model(config):
-  """(ModelConfig, params, description) from config.model or a run's checkpoint."""
-  model = config.model
-  if config.checkpoint:
-    run_cfg = os.path.join(config.checkpoint, "config.json")
-    if not model and os.path.exists(run_cfg):
-      model = json.load(open(run_cfg))["model"]
-    if not model:
-      raise ValueError("eval of a checkpoint needs --config.model (the run's model source) "
-                       "when the run directory has no config.json")
-    from r1jax.train.trainer import load_run_params
-    cfg = models.load_config(model, dtype=config.dtype)
-    step = None if config.checkpoint_step < 0 else config.checkpoint_step
-    params, step = load_run_params(config.checkpoint, cfg, step)
-    return cfg, params, model, f"{config.checkpoint} @ step {step}"
-  cfg, params = models.from_pretrained(model, dtype=config.dtype)
-  return cfg, params, model, model
 
 
 def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
@@ -115,19 +98,23 @@ def run(config) -> dict[str, Any]:
   ks = [int(k) for k in split_list(config.pass_k)]
   if n < 1 or any(k < 1 or k > n for k in ks):
     raise ValueError(f"num_samples={n} must be >= every k in pass_k={config.pass_k!r}")
-  os.makedirs(config.out_dir, exist_ok=True)
+  model = settings_lib.ModelSettings.from_config(config)
+  parallel = settings_lib.ParallelSettings.from_config(config)
+  out_dir = config.run_dir
+  loop.prepare_run_dir(out_dir, resume="auto")  # creates it; checks it is writable
   fingerprint = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
                  for k in _RECORD_FIELDS}
-  fp_path = os.path.join(config.out_dir, "eval_config.json")
+  fp_path = os.path.join(out_dir, "eval_config.json")
   if os.path.exists(fp_path) and json.load(open(fp_path)) != fingerprint:
-    raise ValueError(f"{config.out_dir} holds records of another evaluation "
-                     f"({fp_path}); choose another --config.out_dir")
+    raise ValueError(f"{out_dir} holds records of another evaluation "
+                     f"({fp_path}); choose another --config.run_dir")
   json.dump(fingerprint, open(fp_path, "w"), indent=2)
 
-  cfg, params, model_source, described = load_model(config)
-  tok = Tokenizer.from_source(config.tokenizer or model_source)
+  loaded = model.load()
+  cfg, params, tok = loaded.config, loaded.params, loaded.tokenizer
+  described = loaded.info["description"]
   datasets = load_datasets(config, tok)
-  rec_path = os.path.join(config.out_dir, "records.jsonl")
+  rec_path = os.path.join(out_dir, "records.jsonl")
   done: dict[tuple[str, str], dict] = {}
   if os.path.exists(rec_path):
     kept = []
@@ -145,12 +132,9 @@ def run(config) -> dict[str, Any]:
     logging.info("resuming: %d problems already evaluated in %s", len(done), rec_path)
 
   prefix = response_prefix(config.template)
-  sp = sampling.SamplingParams(
-      temperature=config.sampling.temperature, top_p=config.sampling.top_p,
-      top_k=config.sampling.top_k, max_new_tokens=config.sampling.max_new_tokens,
-      stop_ids=tok.stop_ids,
-      stop_sequences=sampling.stop_sequences_for(tok, split_list(config.sampling.stop_strings)))
-  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
+  sp = settings_lib.sampling_params(config.sampling, tok)
+  sampler, params = settings_lib.make_sampler(parallel, cfg, params, pad_id=tok.pad_id,
+                                              min_prompt_bucket=32)
   rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,
                            timeout_s=config.reward_timeout_s)
   base_key = jax.random.key(config.seed)
@@ -203,8 +187,8 @@ def run(config) -> dict[str, Any]:
   report = {"model": described, "template": config.template, "samples_per_problem": n,
             "sampling": config.sampling.to_dict(), "datasets": per, "overall": overall,
             "wall_s": time.perf_counter() - t0}
-  json.dump(report, open(os.path.join(config.out_dir, "report.json"), "w"), indent=2)
+  json.dump(report, open(os.path.join(out_dir, "report.json"), "w"), indent=2)
   md = _markdown(report)
-  open(os.path.join(config.out_dir, "report.md"), "w").write(md)
+  open(os.path.join(out_dir, "report.md"), "w").write(md)
   print(md)
   return report

@@ -8,18 +8,24 @@ import time
 import jax
 from absl import logging
 
-from r1jax import models, sampling
-from r1jax.tokenizer import Tokenizer
+from r1jax.train import settings as settings_lib
 
 
 def run(config) -> list[str]:
-  """Load model + tokenizer, sample `config.num_samples` completions, print them.
+  """Load model + tokenizer (r1jax.models.load), sample `config.num_samples` completions,
+  print them.
 
   Returns the completions (decoded, special tokens removed).
+
+  Raises:
+    ValueError / FileNotFoundError: a bad model source, dtype or sampling value.
   """
+  model = settings_lib.ModelSettings.from_config(config)
+  parallel = settings_lib.ParallelSettings.from_config(config)
+  sp = settings_lib.sampling_params(config.sampling)
   t0 = time.perf_counter()
-  cfg, params = models.from_pretrained(config.model, dtype=config.dtype)
-  tok = Tokenizer.from_source(config.tokenizer or config.model)
+  loaded = model.load()
+  cfg, tok = loaded.config, loaded.tokenizer
   logging.info("loaded %s (%.1fM params) in %.1f s", config.model, cfg.num_params() / 1e6,
                time.perf_counter() - t0)
   if config.chat_template:
@@ -28,11 +34,8 @@ def run(config) -> list[str]:
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
   else:
     ids = tok.encode(config.prompt)
-  sp = sampling.SamplingParams(temperature=config.sampling.temperature,
-                               top_p=config.sampling.top_p, top_k=config.sampling.top_k,
-                               max_new_tokens=config.sampling.max_new_tokens,
-                               stop_ids=tok.stop_ids)
-  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id)
+  sp = settings_lib.sampling_params(config.sampling, tok)
+  sampler, params = settings_lib.make_sampler(parallel, cfg, loaded.params, pad_id=tok.pad_id)
   out = sampler(params, [ids], jax.random.key(config.seed), num_samples=config.num_samples,
                 sampling=sp)
   texts = []

@@ -1,15 +1,17 @@
-"""Stage `pipeline`: the full DeepSeek-R1 recipe as one resumable run (R1_SPEC section 1).
+"""Stage `pipeline`: the full DeepSeek-R1 recipe as one resumable run (DeepSeek-R1, section 2.3;
+docs/method.md "Stages").
 
     base -> cold_start_sft -> reasoning_rl (GRPO) -> rejection_sampling -> sft (stage 3, from
     the *base* model on the rejection-sampling output) -> all_scenario_rl (GRPO)
     -> [distill] -> eval;  final model exported to run_dir/final_hf
 
 Each entry of `config.stages` (a ConfigDict keyed by stage name, run in `config.order`) is a
-stage config file plus `overrides`; the pipeline sets its `run_dir` (or `out_dir`) to
-run_dir/<name>, its `model` from `model_from` ("base" = config.model, a stage name = that
-stage's exported HF directory, "" = the stage config's own model), `data.train_jsonl` from
-`data_from` (a stage's data output) and `distill.teacher` from `teacher_from`, and
-`resume=True`, so a stage killed mid-way continues from its own checkpoint.
+stage config (r1jax.configs.load: "sft.py", "sft.py:tiny" or a file path) plus `overrides`;
+the pipeline sets its `run_dir` to run_dir/<name>, its `model` from `model_from` ("base" =
+config.model, a stage name = that stage's exported HF directory, "" = the stage config's own
+model), `data.train_jsonl` from `data_from` (a stage's data output) and `distill.teacher`
+from `teacher_from`, and `resume=auto`, so a stage killed mid-way continues from its own
+checkpoint.
 
 A stage that finishes gets an atomically written `run_dir/<name>/DONE` (JSON: its outputs,
 config, wall time); a stage with a DONE marker is skipped. A stage that returns without its
@@ -19,7 +21,7 @@ one after another, through the `r1jax.stages.STAGES` registry; a stage not in th
 (yet) fails with a clear error only when the pipeline reaches it.
 
 Outputs per kind of stage: `sft` -> its run_dir/hf export; `grpo` -> its final checkpoint,
-exported here to run_dir/<name>/hf (`export_run`); `eval` -> out_dir/report.json; any other
+exported here to run_dir/<name>/hf (`export_run`); `eval` -> run_dir/report.json; any other
 stage -> the file `data_output` (e.g. rejection sampling's train.jsonl) and / or the path
 `model_output` (e.g. the reward model's directory) in its run_dir. `inputs`
 ("key=stage[:output],...") wires any other config key to an earlier stage's output (e.g.
@@ -29,7 +31,7 @@ all_scenario_rl's rewards.helpfulness_rm to the reward_model stage).
 from __future__ import annotations
 
 import hashlib
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -47,20 +49,14 @@ class StageInterrupted(RuntimeError):
   """A stage returned before finishing (e.g. it saved a checkpoint on SIGTERM)."""
 
 
-def load_config_file(path: str):
-  """`get_config()` of a configs/*.py file, as an unlocked ConfigDict.
+def load_config_file(spec: str):
+  """The ConfigDict of a stage config spec (r1jax.configs.load), unlocked.
 
   Raises:
-    FileNotFoundError: no such file.
+    FileNotFoundError: no such config.
   """
-  path = os.path.abspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"stage config file {path} does not exist")
-  name = "r1jax_pipeline_cfg_" + hashlib.sha1(path.encode()).hexdigest()[:10]
-  spec = importlib.util.spec_from_file_location(name, path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod.get_config()
+  from r1jax import configs
+  return configs.load(spec)
 
 
 def apply_overrides(config, overrides, where: str = "") -> None:
@@ -102,12 +98,11 @@ def read_done(stage_dir: str) -> Optional[dict]:
 def export_run(config, out_dir: str, *, dtype: str = "float32") -> Optional[str]:
   """Export the final checkpoint of a training run (e.g. GRPO) as an HF directory.
 
-  The model source comes from the run's config (`model`, `tokenizer`; "tiny-random" is
-  rebuilt from `tiny_model`), the params from the latest orbax checkpoint in run_dir
-  (as tools/convert.py does). The directory is written under a temporary name and renamed.
+  The model and tokenizer come from r1jax.models.load(run_dir) (the run's config.json names
+  its model source). The directory is written under a temporary name and renamed.
 
   Args:
-    config: the stage config the run was made with (run_dir, model, tokenizer, steps).
+    config: the stage config the run was made with (run_dir, steps).
     out_dir: HF directory to write (safetensors + config.json + tokenizer).
     dtype: tensor dtype of the export (float32 | bfloat16 | float16).
 
@@ -120,21 +115,13 @@ def export_run(config, out_dir: str, *, dtype: str = "float32") -> Optional[str]
     ValueError: the checkpoint does not match the model config.
   """
   from r1jax import models
-  from r1jax.tokenizer import Tokenizer
-  from r1jax.train.trainer import load_run_params
-  if config.model == "tiny-random":
-    from r1jax.stages.grpo import load_policy
-    cfg, _, tok = load_policy(config)
-  else:
-    cfg = models.load_config(config.model, dtype=config.dtype, param_dtype=config.param_dtype)
-    tok = Tokenizer.from_source(config.tokenizer or config.model)
-  params, step = load_run_params(config.run_dir, cfg)
-  if step < config.steps:
+  loaded = models.load(config.run_dir, dtype=config.dtype, param_dtype=config.param_dtype)
+  if loaded.info["step"] < config.steps:
     return None
   tmp = out_dir + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
-  models.save_pretrained(cfg, params, tmp, dtype=dtype)
-  tok.save_pretrained(tmp)
+  models.save_pretrained(loaded.config, loaded.params, tmp, dtype=dtype)
+  loaded.tokenizer.save_pretrained(tmp)
   shutil.rmtree(out_dir, ignore_errors=True)
   os.replace(tmp, out_dir)
   return out_dir
@@ -186,10 +173,8 @@ def stage_config(config, name: str, outputs: dict[str, dict]):
   stage_dir = os.path.join(os.path.abspath(config.run_dir), name)
   if "run_dir" in c:
     c.run_dir = stage_dir
-  elif "out_dir" in c:
-    c.out_dir = stage_dir
   if "resume" in c:
-    c.resume = True  # continue from the stage's own checkpoint after an interruption
+    c.resume = "auto"  # continue from the stage's own checkpoint after an interruption
   if c.get("stage") == "sft":
     c.export.hf = True  # the SFT output the next stages read
   src = s.get("model_from", "")
@@ -250,9 +235,9 @@ def _outputs(kind: str, c, s, result: Any, export_dtype: str) -> Optional[dict]:
     out = export_run(c, os.path.join(c.run_dir, HF_DIR), dtype=export_dtype)
     return None if out is None else {"model": out}
   if kind == "eval":
-    rep = os.path.join(c.out_dir, "report.json")
+    rep = os.path.join(c.run_dir, "report.json")
     return {"report": rep} if os.path.isfile(rep) else None
-  stage_dir = c.get("run_dir", c.get("out_dir", ""))
+  stage_dir = c.get("run_dir", "")
   out = {"dir": stage_dir}
   data, model = s.get("data_output", ""), s.get("model_output", "")
   if data:

@@ -1,1 +1,3 @@
-"""Trainer core (sharded update, optax, orbax checkpoints) and metrics writers."""
+"""Training: the one loop (loop.py), the sharded jitted update and checkpoints (trainer.py),
+typed settings of the shared config blocks (settings.py), run logging (metrics.py) and the
+curves of a run (plots.py)."""

@@ -8,7 +8,7 @@ A run directory holds
   tensorboard/    TensorBoard event files (scalars, sample tables, config)
 
 metrics.jsonl is the source of truth for `tools/plot_run.py` (accuracy and mean response
-length against step, R1_SPEC section 7); TensorBoard is for watching a live run. Only one
+length against step, as DeepSeek-R1's figures 2 and 3 plot them); TensorBoard is for watching a live run. Only one
 process should write a run directory (on multi-host, process 0).
 """
 

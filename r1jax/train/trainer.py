@@ -1,15 +1,19 @@
 """Trainer core shared by the stages: sharded state, optax, a jitted update with exact
-gradient accumulation, orbax checkpoints with resume, and SIGTERM-safe saving.
+gradient accumulation and a finite-update guard, orbax checkpoints, SIGTERM-safe stopping.
 
-A stage supplies `loss_fn(params, micro_batch) -> (loss, metrics)` whose loss and metrics
-are *sums* normalised by a global denominator (see r1jax.losses.grpo.loss_weights): the
-update adds them over micro-batches, so accumulation is exact.
+A stage supplies `loss_fn(params, micro_batch, denominator[, frozen]) -> (loss, metrics)`
+whose loss and metrics are *sums* normalised by a global denominator (see
+r1jax.losses.grpo.loss_weights): the update adds them over micro-batches, so accumulation is
+exact. `frozen` is an optional tree of params that the loss reads but never trains (a
+distillation teacher, a reference policy); it enters the jitted update as an argument.
+
+An update whose loss or gradient is not finite is skipped: params and optimizer state stay
+as they were and the metric `update_skipped` is 1 (r1jax.train.loop counts and logs these
+and stops the run after too many in a row).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import signal
 import threading
@@ -66,15 +70,15 @@ def make_optimizer(cfg) -> tuple[optax.GradientTransformation, Callable[[int], f
   return optax.chain(*parts), schedule
 
 
-def _split_micro(x: jax.Array, num_micro: int) -> jax.Array:
+def split_micro(x: jax.Array, num_micro: int) -> jax.Array:
   """[S, ...] -> [M, S/M, ...] taking rows i, i+M, ... for micro-batch i, so that each
   micro-batch keeps the batch sharding of the data axis."""
   S = x.shape[0]
   return x.reshape(S // num_micro, num_micro, *x.shape[1:]).swapaxes(0, 1)
 
 
-def _merge_micro(x: jax.Array) -> jax.Array:
-  """Inverse of _split_micro: [M, S/M, ...] -> [S, ...]."""
+def merge_micro(x: jax.Array) -> jax.Array:
+  """Inverse of split_micro: [M, S/M, ...] -> [S, ...]."""
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
@@ -84,32 +88,49 @@ class Trainer:
   Args:
     mesh: device mesh (r1jax.sharding.make_mesh).
     param_axes: logical axes tree of the params.
-    loss_fn: (params, micro_batch dict, denominator) -> (loss, metrics dict of scalars).
+    loss_fn: (params, micro_batch dict, denominator) -> (loss, metrics dict of scalars); with
+      `frozen_axes`, (params, micro_batch, denominator, frozen) where `frozen` is the tree
+      passed to `update` (no gradient flows into it).
     optimizer: optax transformation.
     num_micro_batches: gradient-accumulation steps per update.
     rules: logical-axis -> mesh-axis rules (r1jax.sharding.PRESETS / config_rules) for the
       params, optimizer state and batches.
+    frozen_axes: logical axes tree of the frozen params (e.g. a teacher's
+      models.param_logical_axes); None = the loss takes no frozen params.
   """
 
   def __init__(self, mesh, param_axes, loss_fn, optimizer, num_micro_batches: int = 1,
-               rules: Optional[dict] = None):
+               rules: Optional[dict] = None, *, frozen_axes=None):
     self.mesh = mesh
     self.rules = dict(rules if rules is not None else shd.DEFAULT_RULES)
     self.param_axes = param_axes
     self.loss_fn = loss_fn
     self.optimizer = optimizer
     self.num_micro = num_micro_batches
+    self.frozen_axes = frozen_axes
     self._update = None
     self.state_shardings = None
 
   # ------------------------------------------------------------------ state
-  def param_shardings(self, params_shapes):
-    return shd.tree_shardings(self.param_axes, params_shapes, self.mesh, self.rules)
+  def param_shardings(self, params_shapes, axes=None):
+    """Shardings of a param tree from its logical axes (default: the trained params')."""
+    return shd.tree_shardings(self.param_axes if axes is None else axes, params_shapes,
+                              self.mesh, self.rules)
 
-  def shard_params(self, params):
+  def shard_params(self, params, axes=None):
     """Place a host/param tree on the mesh according to its logical axes (with several
     processes every process must pass the same values)."""
-    return shd.reshard(params, self.param_shardings(params))
+    return shd.reshard(params, self.param_shardings(params, axes))
+
+  def shard_frozen(self, frozen):
+    """Place the frozen params (teacher, reference) on the mesh with `frozen_axes`.
+
+    Raises:
+      ValueError: the Trainer was built without frozen_axes.
+    """
+    if self.frozen_axes is None:
+      raise ValueError("this Trainer's loss takes no frozen params (frozen_axes=None)")
+    return self.shard_params(frozen, self.frozen_axes)
 
   def init_state(self, params) -> TrainState:
     """Sharded TrainState from (already sharded or host) params."""
@@ -133,14 +154,23 @@ class Trainer:
                         state, self.state_shardings)
 
   # ------------------------------------------------------------------ update
-  def _build_update(self):
+  def build_update(self):
+    """The update as a pure function (state, batch, denominator, frozen) -> (state, metrics),
+    before jit: micro-batch gradient accumulation in float32, then one optimizer step, which
+    is skipped (state kept) when the loss or the gradient norm is not finite."""
     M = self.num_micro
-    loss_fn = self.loss_fn
     optimizer = self.optimizer
+    with_frozen = self.frozen_axes is not None
+    loss_fn = self.loss_fn
 
-    def update(state: TrainState, batch: dict, denominator):
-      micro = jax.tree.map(lambda x: _split_micro(x, M), batch)
-      grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    def update(state: TrainState, batch: dict, denominator, frozen):
+      micro = jax.tree.map(lambda x: split_micro(x, M), batch)
+      if with_frozen:
+        frozen = jax.lax.stop_gradient(frozen)
+        fn = lambda p, mb, d: loss_fn(p, mb, d, frozen)
+      else:
+        fn = loss_fn
+      grad_fn = jax.value_and_grad(fn, has_aux=True)
 
       def body(acc, mb):
         out = grad_fn(state.params, mb, denominator)
@@ -152,33 +182,50 @@ class Trainer:
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)),
                            shapes)
       ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, micro)
+      grad_norm = optax.global_norm(grads)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
-      metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
-                     update_norm=optax.global_norm(updates))
-      return TrainState(params, opt_state, state.step + 1), metrics
+      # A NaN/inf would be written into every param and moment: keep the old state instead.
+      ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+      keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                     update_norm=jnp.where(ok, optax.global_norm(updates), 0.0),
+                     update_skipped=(~ok).astype(jnp.float32))
+      return TrainState(params, opt_state, state.step + ok.astype(state.step.dtype)), metrics
 
     return update
 
-  def _jit_update(self, batch):
+  def _jit_update(self, batch, frozen):
     """The jitted update with explicit in/out shardings for this batch structure."""
     batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v), self.rules)
                        for k, v in batch.items()}
-    return jax.jit(self._build_update(), donate_argnums=(0,),
+    frozen_sh = None if frozen is None else self.param_shardings(frozen, self.frozen_axes)
+    return jax.jit(self.build_update(), donate_argnums=(0,),
                    in_shardings=(self.state_shardings, batch_shardings,
-                                 shd.replicated(self.mesh)),
+                                 shd.replicated(self.mesh), frozen_sh),
                    out_shardings=(self.state_shardings, shd.replicated(self.mesh)))
 
-  def update(self, state: TrainState, batch: dict[str, np.ndarray], denominator: float):
+  def _check_frozen(self, frozen):
+    if (frozen is None) != (self.frozen_axes is None):
+      raise ValueError("pass `frozen` params exactly when the Trainer has frozen_axes")
+
+  def update(self, state: TrainState, batch: dict[str, np.ndarray], denominator: float,
+             frozen=None):
     """One optimizer step on `batch` (leaves [S, ...], S divisible by num_micro_batches and
     S / num_micro_batches by the batch shards); returns (new state, metrics on device).
 
     With several processes, host (NumPy) leaves hold this process's rows only (see
-    shard_batch); S counts the global rows.
+    shard_batch); S counts the global rows. `frozen`: the frozen params (see shard_frozen),
+    required exactly when the Trainer has frozen_axes. Metrics add `loss`, `grad_norm`,
+    `update_norm` and `update_skipped` (1.0 when a non-finite loss or gradient left the state
+    unchanged) to the loss's own.
 
     Raises:
-      ValueError: the batch does not split into micro-batches as configured.
+      ValueError: the batch does not split into micro-batches as configured, or `frozen`
+        does not match the Trainer.
     """
+    self._check_frozen(frozen)
     S = self._global_rows(batch)
     div = shd.batch_divisor(self.mesh, self.rules)
     if S % self.num_micro or (S // self.num_micro) % div:
@@ -186,10 +233,9 @@ class Trainer:
                        f"that are multiples of the {div} batch shards")
     keys = tuple(sorted(batch))
     if self._update is None or self._update[0] != keys:
-      self._update = (keys, self._jit_update(batch))
+      self._update = (keys, self._jit_update(batch, frozen))
     batch = self.shard_batch(batch)
-    state, metrics = self._update[1](state, batch, jnp.float32(denominator))
-    return state, metrics
+    return self._update[1](state, batch, jnp.float32(denominator), frozen)
 
   @staticmethod
   def _global_rows(batch) -> int:
@@ -212,12 +258,13 @@ class Trainer:
     return out
 
   def memory_analysis(self, state: TrainState, batch: dict[str, np.ndarray],
-                      denominator: float) -> dict[str, int]:
+                      denominator: float, frozen=None) -> dict[str, int]:
     """Per-device bytes of the compiled update for this batch (XLA's memory analysis):
     arguments, outputs, temporaries and their sum `peak_bytes` (an upper bound: donated
     arguments alias outputs). Compiles the update once more; for tools, not the loop."""
-    fn = self._jit_update(batch)
-    ma = fn.lower(state, self.shard_batch(batch), jnp.float32(denominator)).compile()
+    self._check_frozen(frozen)
+    fn = self._jit_update(batch, frozen)
+    ma = fn.lower(state, self.shard_batch(batch), jnp.float32(denominator), frozen).compile()
     ma = ma.memory_analysis()
     out = {"argument_bytes": int(ma.argument_size_in_bytes),
            "output_bytes": int(ma.output_size_in_bytes),
@@ -226,6 +273,27 @@ class Trainer:
     out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
                          - out["alias_bytes"])
     return out
+
+
+def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """This process's block of rows of a global host batch (all rows with one process).
+
+  Every process builds the same global batch (a pure function of the data position), takes
+  its contiguous block, and `Trainer.update` assembles the global array: the data splits
+  over processes by construction, and loss denominators computed on the global batch are
+  global.
+
+  Raises:
+    ValueError: the batch's rows do not split evenly over the processes.
+  """
+  n, i = jax.process_count(), jax.process_index()
+  if n == 1:
+    return batch
+  rows = len(next(iter(batch.values())))
+  if rows % n:
+    raise ValueError(f"a batch of {rows} rows does not split evenly over {n} processes")
+  b = rows // n
+  return {k: np.asarray(v)[i * b:(i + 1) * b] for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------- checkpoints
@@ -306,89 +374,3 @@ class PreemptionGuard:
   def restore(self):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
-
-
-def resume_run(config, checkpointer: Checkpointer, trainer: Trainer, state: TrainState,
-               data_iter, writer) -> tuple[TrainState, int]:
-  """Continue a run from its latest checkpoint when `config.resume` is set.
-
-  Restores the state into the trainer's shardings, the data iterator's position, and drops
-  metrics logged after the checkpoint (they will be written again).
-
-  Args:
-    config: stage config (reads `resume`, `seed`).
-    checkpointer, trainer, state: the run's; `state` gives the shapes and shardings.
-    data_iter: has set_state(); writer: MetricsWriter (truncate_after()).
-
-  Returns:
-    (state, start_step): the restored state and step, or the given state and 0.
-
-  Raises:
-    ValueError: the checkpoint was made with another seed, or does not match the model.
-  """
-  if not config.resume:
-    return state, 0
-  if checkpointer.latest_step() is None:
-    logging.warning("resume requested but %s has no checkpoint: starting fresh",
-                    checkpointer.directory)
-    return state, 0
-  state, extra = checkpointer.restore(trainer.abstract_state(state))
-  if extra.get("seed") != config.seed:
-    raise ValueError(f"checkpoint was made with seed={extra.get('seed')}, config has "
-                     f"seed={config.seed}")
-  data_iter.set_state(extra["data_state"])
-  start_step = int(extra["step"])
-  writer.truncate_after(start_step)
-  logging.info("resumed from step %d", start_step)
-  return state, start_step
-
-
-def load_run_params(run_dir: str, cfg, step: Optional[int] = None):
-  """Policy params of a training run's orbax checkpoint (latest, or `step`).
-
-  Args:
-    run_dir: the run directory (with checkpoints/) or its checkpoints/ directory itself.
-    cfg: the ModelConfig the run trained (its shapes are checked).
-    step: checkpoint step; None = the latest.
-
-  Returns:
-    (params tree, step).
-
-  Raises:
-    FileNotFoundError: no checkpoint there.
-    ValueError: the checkpoint's params do not match `cfg`.
-  """
-  from r1jax import models
-  directory = os.path.join(run_dir, "checkpoints")
-  if not os.path.isdir(directory):
-    directory = run_dir
-  mngr = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "extra"))
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {directory}")
-  shapes = models.param_shapes(cfg)
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                       sharding=shd.replicated(
-                                                           shd.make_mesh({"data": 1},
-                                                                         jax.devices()[:1]))),
-                        shapes)
-  try:
-    out = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item={"params": target}, partial_restore=True)))
-  except Exception as e:  # orbax raises several types for structure/shape mismatches
-    raise ValueError(f"checkpoint {directory} step {step} does not match the model: {e}") from e
-  finally:
-    mngr.close()
-  params = out["state"]["params"]
-  for path, a in jax.tree_util.tree_flatten_with_path(params)[0]:
-    want = _tree_get(shapes, path)
-    if a.shape != want.shape:
-      raise ValueError(f"checkpoint param {jax.tree_util.keystr(path)} has shape {a.shape}, "
-                       f"the model expects {want.shape}")
-  return params, step
-
-
-def _tree_get(tree, path):
-  for k in path:
-    tree = tree[getattr(k, "key", getattr(k, "idx", None))]
-  return tree

@@ -10,17 +10,10 @@ Reasoning RL and rejection sampling: reasoning-gym arithmetic (configs/grpo.py's
 Evaluations: 64 held-out reasoning-gym problems, one greedy-like sample each (temperature
 0.6, top-p 0.95), in run_dir/eval_<stage>/report.json and records.jsonl.
 """
-import importlib.util
-import os
-
 from ml_collections import ConfigDict
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-_spec = importlib.util.spec_from_file_location("r1jax_configs_pipeline",
-                                               os.path.join(_HERE, "pipeline.py"))
-pipeline = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pipeline)
-stage = pipeline.stage
+from r1jax.configs import pipeline
+from r1jax.configs.pipeline import stage
 
 EVAL = dict(datasets="heldout", num_samples=1, pass_k="1", template="chat",
             data=dict(template="chat", eval_size=64),
@@ -38,7 +31,7 @@ def get_config() -> ConfigDict:
   s.cold_start_sft = stage(
       "cold_start_sft.py", model_from="base", steps=30, num_epochs=0.0,
       optim=dict(learning_rate=1e-4),
-      data=dict(train_jsonl=os.path.join(_HERE, "..", "runs", "r1_small", "cold_start.jsonl"),
+      data=dict(train_jsonl="runs/r1_small/cold_start.jsonl",
                 seq_len=512, eval_size=8))
   s.eval_cold_start_sft = stage("eval.py", model_from="cold_start_sft", **EVAL)
   s.reasoning_rl = stage("reasoning_rl.py", model_from="cold_start_sft", steps=8,

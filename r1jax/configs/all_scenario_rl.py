@@ -1,6 +1,7 @@
-"""R1 stage 4, all-scenario RL (R1_SPEC sections 1 and 3): GRPO over a mix of reasoning prompts
-(rule rewards: accuracy, language consistency, format) and general prompts (preference reward
-models: helpfulness judged on the final summary only, harmlessness on the whole response).
+"""R1 stage 4, all-scenario RL (DeepSeek-R1, section 2.3.4; docs/method.md "Stages"): GRPO over
+a mix of reasoning prompts (rule rewards: accuracy, language consistency, format) and general
+prompts (preference reward models: helpfulness judged on the final summary only,
+harmlessness on the whole response).
 
   python -m r1jax.main --config=configs/reward_model.py --config.data.train_jsonl=prefs.jsonl \
       --config.run_dir=runs/reward_model                     # -> runs/reward_model/reward_model
@@ -13,13 +14,7 @@ records without "kind" are reasoning prompts with an "answer". reasoning-gym tas
 are reasoning prompts. The reward models are routed per example by r1jax.rewards.routing;
 either path may be "" (that score is then not used). Everything else is configs/grpo.py.
 """
-import importlib.util
-import os
-
-_spec = importlib.util.spec_from_file_location(
-    "r1jax_configs_grpo", os.path.join(os.path.dirname(os.path.abspath(__file__)), "grpo.py"))
-grpo = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(grpo)
+from r1jax.configs import grpo
 
 # Where the stage-3 SFT (rejection sampling + non-reasoning data) exports its model.
 STAGE3_MODEL = "runs/stage3_sft/hf"
@@ -34,12 +29,10 @@ def get_config():
   # The SFT'd model answers in the chat format and opens <think> itself.
   c.data.template = "chat"
   c.rl.max_new_tokens = 128
-  # Reasoning prompts: r = r_acc + 0.1 * r_lang + 0.2 * r_fmt (R1_SPEC section 3).
+  # Reasoning prompts: r = r_acc + 0.1 * r_lang + 0.2 * r_fmt (docs/method.md "Rewards").
   c.rewards.spec = "accuracy:1.0,language:0.1,format:0.2"
   # General prompts: helpfulness RM on the summary (after </think>), harmlessness RM on the
   # whole response; "" = not used.
   c.rewards.helpfulness_rm = REWARD_MODEL
   c.rewards.harmlessness_rm = ""
-  c.rewards.helpfulness_weight = 1.0
-  c.rewards.harmlessness_weight = 1.0
   return c

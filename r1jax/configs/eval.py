@@ -1,7 +1,7 @@
 """Evaluation as the R1 paper reports it: pass@1 from n samples, pass@k, cons@n (stage `eval`).
 
 python -m r1jax.main --config=configs/eval.py                                  # default model
-python -m r1jax.main --config=configs/eval.py --config.checkpoint=runs/grpo    # a GRPO run
+python -m r1jax.main --config=configs/eval.py --config.model=runs/grpo         # a GRPO run
 python -m r1jax.main --config=configs/eval.py --config.datasets=/data/math500.jsonl \\
     --config.template=chat_r1 --config.sampling.max_new_tokens=4096
 
@@ -11,46 +11,30 @@ into "answer" first).
 """
 from ml_collections import ConfigDict
 
-from r1jax.data.pipeline import default_data_config
+from r1jax.configs import common
 
 
 def get_config() -> ConfigDict:
-  c = ConfigDict()
-  c.stage = "eval"
-  # Model source (default model name, .gguf, HF dir); with `checkpoint`, the run's model
-  # source ("" = read it from <checkpoint>/config.json).
-  c.model = "smollm2-135m-instruct"
-  # A training run directory (or its checkpoints/ dir) whose policy to evaluate ("" = none).
-  c.checkpoint = ""
-  # Checkpoint step (-1 = latest).
+  c = common.base("eval", run_dir="runs/eval")
+  del c.steps, c.resume
+  common.add_model(c, remat=None)
+  # With a training run directory as `model`: its checkpoint step (-1 = the latest).
   c.checkpoint_step = -1
-  c.tokenizer = ""
-  c.dtype = "float32"
+  common.add_parallel(c)
   # Comma-separated: heldout (the GRPO held-out split of `data`), champ (270 competition
   # problems of champ-dataset, the answer-checkable ones), or .jsonl paths.
   c.datasets = "heldout,champ"
   # The held-out split's settings: the same defaults as configs/grpo.py.
-  c.data = default_data_config()
-  c.data.template = "r1_zero_1shot"
-  c.data.max_prompt_tokens = 192
-  c.data.train_size = 2000
-  c.data.eval_size = 200
+  c.data = common.heldout_data()
   # Prompt template for every dataset.
   c.template = "r1_zero_1shot"
   # n: samples per problem; pass@k is reported for each k in pass_k (k <= n); cons@n too.
   c.num_samples = 8
   c.pass_k = "1,8"
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.6  # the R1 paper's evaluation settings
-  c.sampling.top_p = 0.95
-  c.sampling.top_k = 0
-  c.sampling.max_new_tokens = 256
-  c.sampling.stop_strings = "</answer>"
+  # The R1 paper's evaluation settings: temperature 0.6, top-p 0.95.
+  c.sampling = common.sampling(temperature=0.6)
   # Problems per sampler call (each prefilled once for its n samples).
   c.batch_size = 16
-  c.seed = 0
   c.reward_workers = 2
   c.reward_timeout_s = 10.0
-  # Report, per-problem records (resume reads them) and the config fingerprint go here.
-  c.out_dir = "runs/eval"
   return c

@@ -1,60 +1,47 @@
-"""R1 stage 3, rejection sampling (R1_SPEC sections 1, 5): many samples per prompt from the
-reasoning-RL checkpoint, keep the verified and readable ones, mix with non-reasoning SFT data,
+"""R1 stage 3, rejection sampling (DeepSeek-R1, section 2.3.3; docs/method.md "Stages"): many
+samples per prompt from the reasoning-RL checkpoint, keep the verified and readable ones, mix with non-reasoning SFT data,
 write an SFT set (stage `rejection_sampling`).
 
-python -m r1jax.main --config=configs/rejection_sampling.py --config.checkpoint=runs/reasoning_rl
+python -m r1jax.main --config=configs/rejection_sampling.py --config.model=runs/reasoning_rl
 python -m r1jax.main --config=configs/rejection_sampling.py --config.model=/ckpt/r1-stage2-hf \\
     --config.prompts=/data/math_prompts.jsonl --config.num_samples=16 \\
     --config.mix.non_reasoning_jsonl=/data/general_sft.jsonl --config.mix.fraction=0.25
 python -m r1jax.main --config=configs/rejection_sampling.py --config.resume=True   # continue
 
-Output (out_dir): reasoning.jsonl (kept samples with provenance), prompts.jsonl (one line
+Output (run_dir): reasoning.jsonl (kept samples with provenance), prompts.jsonl (one line
 per finished prompt: per-filter counts; the resume ledger), train.jsonl (reasoning + mixed-in
 non-reasoning records, shuffled; what configs/sft.py reads as data.train_jsonl),
 summary.json / summary.md (acceptance rates per task and per filter).
+
+Variants: "" (the default), "tiny" (tiny-random model, seconds: a random model is never
+correct, so the accuracy verifier keeps nothing; tests pass a toy judge (judge.fn,
+judge.tasks="*") to exercise the rest of the stage).
 """
 from ml_collections import ConfigDict
 
-from r1jax.data.pipeline import default_data_config
+from r1jax.configs import common
 
 
-def get_config() -> ConfigDict:
-  c = ConfigDict()
-  c.stage = "rejection_sampling"
-  # Model source (default model name, .gguf, HF dir, "tiny-random"); with `checkpoint`, the
-  # run's model source ("" = read it from <checkpoint>/config.json).
-  c.model = "smollm2-135m-instruct"
-  # A training run directory (or its checkpoints/ dir) whose policy samples ("" = none).
-  c.checkpoint = ""
-  c.checkpoint_step = -1  # -1 = latest
-  c.tokenizer = ""
-  c.dtype = "float32"
-  c.param_dtype = "float32"
-  c.tiny_model = ConfigDict(dict(hidden_size=64, intermediate_size=128, num_layers=2,
-                                 num_heads=4, num_kv_heads=2, head_dim=16))
-  c.seed = 0
+def get_config(variant: str = "") -> ConfigDict:
+  c = common.base("rejection_sampling", run_dir="runs/rejection_sampling")
+  del c.steps
+  common.add_model(c, remat=None)
+  # With a training run directory as `model`: its checkpoint step (-1 = the latest).
+  c.checkpoint_step = -1
+  common.add_parallel(c)
   # Comma-separated prompt sets: train (the train split of `data`), heldout (its held-out
   # split), champ (CHAMP problems with checkable answers), or .jsonl paths of
   # {"prompt", "answer", "task"?, "id"?} records.
   c.prompts = "train"
   # At most this many prompts per prompt set (0 = all).
   c.max_prompts = 200
-  c.data = default_data_config()
-  c.data.template = "r1_zero_1shot"
-  c.data.max_prompt_tokens = 192
-  c.data.train_size = 2000
-  c.data.eval_size = 200
+  c.data = common.heldout_data()
   # Prompt template for every prompt set; the response prefix it writes ("<think>") is part
   # of the kept response.
   c.template = "r1_zero_1shot"
   # K: samples per prompt (one prefill per prompt).
   c.num_samples = 8
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.7
-  c.sampling.top_p = 0.95
-  c.sampling.top_k = 0
-  c.sampling.max_new_tokens = 256
-  c.sampling.stop_strings = "</answer>"
+  c.sampling = common.sampling(temperature=0.7)
   # Prompts per sampler call.
   c.batch_size = 8
   # Rule verifier: a reward spec (r1jax.rewards.registry) and the score a sample needs.
@@ -71,7 +58,7 @@ def get_config() -> ConfigDict:
   c.judge.fn = ""
   c.judge.tasks = ""
   c.judge.threshold = 0.5
-  # Readability filters (r1jax/data/filters.py).
+  # Readability filters (r1jax/curation/filters.py).
   c.filters = ConfigDict()
   c.filters.enabled = "language,paragraph,code,summary"
   c.filters.language = "en"  # an example's own "language" field wins
@@ -90,7 +77,22 @@ def get_config() -> ConfigDict:
   c.mix = ConfigDict()
   c.mix.non_reasoning_jsonl = ""
   c.mix.fraction = 0.25
-  c.out_dir = "runs/rejection_sampling"
-  # Continue in out_dir: prompts already in prompts.jsonl are skipped.
-  c.resume = False
-  return c
+  return common.select_variant(c, variant, {"tiny": tiny}, "configs/rejection_sampling.py")
+
+
+def tiny(c: ConfigDict) -> None:
+  """A tiny random model, for tests and smoke runs (seconds)."""
+  c.model = "tiny-random"
+  c.run_dir = "runs/tiny_rejection_sampling"
+  c.prompts = "train"
+  c.max_prompts = 6
+  c.data.train_size = 6
+  c.data.eval_size = 2
+  c.num_samples = 4
+  c.batch_size = 3
+  c.sampling.max_new_tokens = 8
+  c.sampling.temperature = 1.0
+  c.verifier.workers = 0
+  c.max_per_prompt = 2
+  # 8 new tokens never reach a stop: keep truncated samples so that the stage has output.
+  c.keep_truncated = True

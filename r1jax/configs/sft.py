@@ -1,6 +1,7 @@
 """SFT of the default model on CHAMP worked solutions in the R1 output format (stage `sft`).
 
-python -m r1jax.main --config=configs/sft.py [--config.steps=100 ...]
+  python -m r1jax.main --config=configs/sft.py [--config.steps=100 ...]
+  python -m r1jax.main --config=configs/sft.py:tiny     # tiny random model on toy data
 
 Each CHAMP problem (270 competition problems, PyPI champ-dataset) becomes a chat record whose
 assistant turn is "<think>\\n{reference solution}\\n</think>\\nThe answer is <answer> X </answer>."
@@ -12,36 +13,27 @@ The same stage trains on any JSONL of {"messages"} / {"prompt", "response"} reco
   --config.data.source=jsonl --config.data.train_jsonl=train.jsonl [--config.data.eval_jsonl=..]
 At the end the model is exported to `run_dir/hf` (HF safetensors + tokenizer); the next stage
 takes it with --config.model=runs/sft/hf.
+
+Variants: "" (the default), "tiny" (tiny-random on tests/data/sft_toy.jsonl, seconds).
 """
+import os
+
 from ml_collections import ConfigDict
 
-from r1jax.kernels.logprob import default_config as kernels_config
+from r1jax.configs import common
 from r1jax.data.sft_data import default_sft_data_config
+from r1jax.kernels.logprob import default_config as kernels_config
+
+# Small example data of the test suite (present in a checkout).
+TEST_DATA = os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "..", "tests", "data")
 
 
-def get_config() -> ConfigDict:
-  c = ConfigDict()
-  c.stage = "sft"
-  # Model source: a default model name, a .gguf path, an HF directory, or "tiny-random".
-  c.model = "smollm2-135m-instruct"
-  # Tokenizer source ("" = the model source; "tiny-random" uses the default model's tokenizer).
-  c.tokenizer = ""
-  c.dtype = "float32"
-  c.param_dtype = "float32"
-  c.run_dir = "runs/sft"
-  # Continue the run in run_dir from its latest checkpoint (same config expected).
-  c.resume = False
-  c.seed = 0
+def get_config(variant: str = "") -> ConfigDict:
+  c = common.base("sft", run_dir="runs/sft", steps=20)
   # Optimizer steps; 0 = num_epochs passes over the train split.
-  c.steps = 20
   c.num_epochs = 0.0
-  # Device mesh sizes; one -1 takes the remaining devices.
-  c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-  # Recompute each decoder block in the backward pass (activation memory ~ 1 layer).
-  c.remat = True
-  # Size of the tiny-random model (model="tiny-random" only).
-  c.tiny_model = ConfigDict(dict(hidden_size=64, intermediate_size=128, num_layers=2,
-                                 num_heads=4, num_kv_heads=2, head_dim=16))
+  common.add_model(c)
+  common.add_parallel(c)
 
   c.data = default_sft_data_config()
   c.data.source = "champ"
@@ -55,19 +47,7 @@ def get_config() -> ConfigDict:
   c.train.micro_batch_size = 1
   # Per-token log-probs (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, tiles.
   c.kernels = kernels_config()
-
-  c.optim = ConfigDict()
-  c.optim.learning_rate = 2e-5
-  c.optim.warmup_steps = 3
-  # cosine | constant (after warmup); cosine decays to end_lr_factor * lr at the last step.
-  c.optim.schedule = "cosine"
-  c.optim.end_lr_factor = 0.1
-  c.optim.weight_decay = 0.0
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.95
-  c.optim.eps = 1e-8
-  # Global-norm gradient clipping (0 = off).
-  c.optim.max_grad_norm = 1.0
+  c.optim = common.optim(learning_rate=2e-5, warmup_steps=3)
 
   c.distill = ConfigDict()
   # Logit distillation (r1jax/losses/distill.py): loss = (1 - alpha) * NLL
@@ -88,17 +68,37 @@ def get_config() -> ConfigDict:
   # Also evaluate before the first update.
   c.eval.at_start = True
 
-  c.checkpoint = ConfigDict()
-  # Save every N steps (and at the end and on SIGTERM); keep the newest `keep`.
-  c.checkpoint.every_steps = 10
-  c.checkpoint.keep = 2
-
+  c.checkpoint = common.checkpoint(every_steps=10)
   c.export = ConfigDict()
   # Write run_dir/hf (HF safetensors + tokenizer) at the end, for the next stage's `model`.
   c.export.hf = True
   c.export.dtype = "float32"
+  c.log = common.log(plot=True)
+  return common.select_variant(c, variant, {"tiny": tiny}, "configs/sft.py")
 
-  c.log = ConfigDict()
-  # Draw run_dir/curves.png at the end.
-  c.log.plot = True
-  return c
+
+def tiny(c: ConfigDict) -> None:
+  """A tiny random model on toy data, for tests and smoke runs (well under a second a step).
+
+  Trains on tests/data/sft_toy.jsonl, a few short memorisable question/answer pairs, in the
+  "raw" format (no chat-template system prompt: 4x fewer tokens than "chat" for these).
+  """
+  c.model = "tiny-random"
+  c.run_dir = "runs/tiny_sft"
+  c.data.source = "jsonl"
+  c.data.train_jsonl = os.path.normpath(os.path.join(TEST_DATA, "sft_toy.jsonl"))
+  c.data.eval_size = 2
+  c.data.format = "raw"
+  c.data.seq_len = 32
+  c.steps = 6
+  # 8 rows: one per device on 8 fake test devices.
+  c.train.batch_size = 8
+  c.train.micro_batch_size = 8
+  c.kernels.logprob_chunk_size = 64
+  c.optim.learning_rate = 1e-2
+  c.optim.warmup_steps = 0
+  c.optim.schedule = "constant"
+  c.eval.every_steps = 3
+  c.eval.batch_size = 8
+  c.checkpoint.every_steps = 3
+  c.log.plot = False

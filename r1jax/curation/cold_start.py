@@ -1,4 +1,5 @@
-"""Cold-start SFT data for R1 stage 1 (R1_SPEC sections 1 and 4).
+"""Cold-start SFT data for R1 stage 1 (DeepSeek-R1, section 2.3.1; docs/method.md "Stages"
+and "Templates").
 
 R1 fine-tunes the base model on a few thousand long chains of thought before reasoning RL,
 in a readable output format `|special_token|<reasoning_process>|special_token|<summary>`,
@@ -12,7 +13,7 @@ filtered out. This module builds that set from
       "The answer is <answer> X </answer>." = summary.
 
 Format: `reasoning_start + "\\n" + reasoning + "\\n" + reasoning_end + "\\n" + summary`. The
-spec does not name the special tokens; the default pair is "<think>" / "</think>", which makes
+paper does not name the special tokens; the default pair is "<think>" / "</think>", which makes
 the result exactly r1jax.data.sft_data.R1_RESPONSE_FORMAT and what the format / language
 rewards of the next stage look for. Other markers (e.g. "<|reasoning|>", "<|summary|>") are
 configurable; `special_token_status` reports whether a tokenizer has them as single tokens and
@@ -35,7 +36,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from r1jax.data import filters as filters_lib
+from r1jax.curation import filters as filters_lib
 
 __all__ = ["ColdStartFormat", "format_response", "split_completion", "sample_candidates",
            "champ_candidates", "build_cold_start", "special_token_status", "add_special_tokens"]
@@ -311,16 +312,16 @@ def add_special_tokens(model_source: str, tokens: Sequence[str], out_dir: str, *
   from tokenizers import Tokenizer as HFTokenizer
 
   from r1jax import models
-  from r1jax.tokenizer import Tokenizer
   if any(not t for t in tokens):
     raise ValueError("empty token")
-  tok = Tokenizer.from_source(tokenizer_source or model_source)
+  tok = models.load(model_source, tokenizer=tokenizer_source, params=False).tokenizer
   if tok.backend_kind != "tokenizers":
     raise NotImplementedError("adding tokens needs a tokenizer.json-style (BPE) tokenizer, got "
                               f"{tok.backend_kind}")
   present = {t: i for t, i in special_token_status(tok, tokens).items() if i is not None}
   missing = [t for t in tokens if t not in present]
-  cfg, params = models.from_pretrained(model_source)
+  loaded = models.load(model_source, tokenizer=tokenizer_source)
+  cfg, params = loaded.config, loaded.params
   out = Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   tok.save_pretrained(out)

@@ -1,4 +1,5 @@
-"""Readability filters of R1's rejection sampling and cold-start data (R1_SPEC sections 4, 5).
+"""Readability filters of R1's rejection sampling and cold-start data (DeepSeek-R1, sections
+2.3.1 and 2.3.3; docs/method.md "Stages").
 
 The R1 paper keeps, from the samples of its stage-2 RL checkpoint (and for its cold-start set),
 only reader-friendly responses: it drops "mixed languages, long paragraphs and code blocks"

@@ -4,16 +4,14 @@ python -m r1jax.main --config=configs/generate.py --config.prompt="What is 12*13
 """
 from ml_collections import ConfigDict
 
+from r1jax.configs import common
+
 
 def get_config() -> ConfigDict:
   c = ConfigDict()
   c.stage = "generate"
-  # Model source: a default model name, a .gguf path or a Hugging Face directory.
-  c.model = "smollm2-135m-instruct"
-  # Tokenizer source ("" = the model source).
-  c.tokenizer = ""
-  # Compute dtype of the forward pass: float32 | bfloat16 | float16.
-  c.dtype = "float32"
+  common.add_model(c, remat=None)
+  common.add_parallel(c)
   # The user message.
   c.prompt = "Write a haiku about the sea."
   # Optional system message ("" = the chat template's default).
@@ -22,11 +20,7 @@ def get_config() -> ConfigDict:
   c.chat_template = True
   # Completions to sample for the prompt.
   c.num_samples = 1
-  # PRNG seed (same seed, same completions).
+  # PRNG seed (same seed, same completions; tiny-random init).
   c.seed = 0
-  c.sampling = ConfigDict()
-  c.sampling.temperature = 0.7  # 0 = greedy
-  c.sampling.top_p = 0.95  # 1 = off
-  c.sampling.top_k = 0  # 0 = off
-  c.sampling.max_new_tokens = 256
+  c.sampling = common.sampling(temperature=0.7, stop_strings="")
   return c

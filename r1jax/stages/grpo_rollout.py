@@ -1,0 +1,167 @@
+"""GRPO rollouts: group sampling, rewards, DAPO dynamic sampling, and the step's metrics.
+
+Used by the `grpo` stage (r1jax/stages/grpo.py). A `Rollout` holds one step's prompts (this
+process's share), their G completions each, the decoded texts and the rewards. With several
+processes each one samples and scores its own block of prompts; `global_view` gathers what
+advantages and metrics need (rewards, lengths, format flags) from all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from r1jax import sampling
+from r1jax import sharding as shd
+from r1jax.rewards import format_ok
+
+
+@dataclasses.dataclass
+class Rollout:
+  """One step's samples: `examples` (B dicts), prompt ids [B, P] and lengths [B], the
+  sampler output (tokens [B, G, N] ...), texts [B * G] (response prefix + completion), the
+  RewardResult of the B * G texts, and the seconds spent sampling and scoring.
+  `format_flags` [B * G] is set on a global view (whose texts are not gathered)."""
+  examples: list[dict]
+  prompt_ids: Any
+  prompt_lengths: Any
+  out: sampling.SampleOutput
+  texts: Any
+  rewards: Any  # RewardResult
+  seconds_rollout: float
+  seconds_reward: float
+  format_flags: Any = None
+
+
+def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: sampling.SampleOutput,
+                advantages: np.ndarray, mask_truncated: bool) -> dict[str, np.ndarray]:
+  """Training arrays of a rollout batch, grouped by prompt (leading dim B).
+
+  Args:
+    prompt_ids: [B, P] int32 right-padded prompts; prompt_lengths [B].
+    out: rollouts with tokens/logprobs [B, G, N], lengths/finished [B, G].
+    advantages: [B, G] float32.
+    mask_truncated: drop completions that hit the length limit from the loss.
+
+  Returns dict: prompt_tokens [B, P], prompt_lengths [B], completion [B, G, N], mask
+  [B, G, N] float32 (1 on real completion tokens), old_logp [B, G, N], advantages [B, G].
+  """
+  N = out.tokens.shape[-1]
+  mask = (np.arange(N) < out.lengths[..., None]).astype(np.float32)
+  if mask_truncated:
+    mask = mask * out.finished[..., None]
+  return {"prompt_tokens": prompt_ids.astype(np.int32),
+          "prompt_lengths": prompt_lengths.astype(np.int32),
+          "completion": out.tokens.astype(np.int32), "mask": mask,
+          "old_logp": out.logprobs.astype(np.float32),
+          "advantages": advantages.astype(np.float32)}
+
+
+def rollout(params, sampler, sp, tok, rewards, examples, key, G, prefix) -> Rollout:
+  """Samples, texts and rewards of `examples` (this process's share of the step's prompts:
+  the sampler runs on the global mesh, each process scores its own completions)."""
+  t0 = time.perf_counter()
+  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples], process_local=True)
+  out = sampler(params, (ids, lengths), key, num_samples=G, sampling=sp, process_local=True)
+  t1 = time.perf_counter()
+  texts = [t for row in sampling.decode_completions(tok, out, sp, prefix) for t in row]
+  res = rewards(texts, [ex for ex in examples for _ in range(G)])
+  return Rollout(examples, ids, lengths, out, texts, res, t1 - t0, time.perf_counter() - t1)
+
+
+def rollout_with_dynamic_sampling(params, sampler, sp, tok, rewards, data_iter, key, B, G,
+                                  rl, prefix) -> Rollout:
+  """`rollout` of the next B prompts; with rl.dynamic_sampling (DAPO, Yu et al. 2025,
+  section 3.2), groups whose rewards are all equal are replaced by informative groups of
+  fresh prompts, up to rl.max_resample_rounds extra rollouts (then uninformative groups
+  fill the rest)."""
+  ro = rollout(params, sampler, sp, tok, rewards, next(data_iter), key, G, prefix)
+  if not rl.dynamic_sampling:
+    return ro
+  pool = [ro]
+  kept = informative_groups(ro, G)
+  rounds = 0
+  while len(kept) < B and rounds < rl.max_resample_rounds:
+    rounds += 1
+    extra = rollout(params, sampler, sp, tok, rewards, next(data_iter),
+                    jax.random.fold_in(key, 1000 + rounds), G, prefix)
+    pool.append(extra)
+    kept += [(len(pool) - 1, b) for _, b in informative_groups(extra, G)]
+  if len(kept) < B:  # not enough informative groups: fill with uninformative ones
+    used = set(kept)
+    kept += [(p, b) for p in range(len(pool)) for b in range(B) if (p, b) not in used]
+  return select_groups(pool, kept[:B], G, sampler)
+
+
+def global_view(ro: Rollout) -> Rollout:
+  """The step's whole rollout as far as metrics and advantages need it (rewards, lengths,
+  finished flags, format flags), gathered from all processes in process order."""
+  g = shd.process_allgather
+  res = ro.rewards
+  rewards = dataclasses.replace(res, total=g(res.total),
+                                per_function={k: g(v) for k, v in res.per_function.items()},
+                                timed_out=g(res.timed_out), errors=g(res.errors))
+  out = sampling.SampleOutput(None, g(ro.out.lengths), None, g(ro.out.finished),
+                              ro.out.num_steps)
+  fmt = g(np.asarray([format_ok(t) for t in ro.texts], bool))
+  return Rollout([], None, None, out, None, rewards, ro.seconds_rollout, ro.seconds_reward, fmt)
+
+
+def informative_groups(ro: Rollout, G: int) -> list[tuple[int, int]]:
+  """(0, b) for each group b of `ro` whose rewards are not all equal."""
+  r = ro.rewards.total.reshape(-1, G)
+  return [(0, b) for b in range(r.shape[0]) if np.ptp(r[b]) > 0]
+
+
+def select_groups(pool: list[Rollout], kept, G, sampler) -> Rollout:
+  """Concatenate the chosen (rollout, group) pairs into one Rollout of len(kept) groups."""
+  examples = [pool[p].examples[b] for p, b in kept]
+  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples])
+  pick = lambda f: np.stack([getattr(pool[p].out, f)[b] for p, b in kept])
+  out = sampling.SampleOutput(pick("tokens"), pick("lengths"), pick("logprobs"), pick("finished"),
+                              max(int(r.out.num_steps) for r in pool))
+  texts = [pool[p].texts[b * G + g] for p, b in kept for g in range(G)]
+  res0 = pool[0].rewards
+  sel = lambda arrs: np.concatenate([arrs(pool[p])[b * G:(b + 1) * G] for p, b in kept])
+  res = dataclasses.replace(
+      res0, total=sel(lambda r: r.rewards.total),
+      per_function={k: sel(lambda r, k=k: r.rewards.per_function[k]) for k in res0.per_function},
+      timed_out=sel(lambda r: r.rewards.timed_out), errors=sel(lambda r: r.rewards.errors))
+  return Rollout(examples, ids, lengths, out, texts, res,
+                 sum(r.seconds_rollout for r in pool), sum(r.seconds_reward for r in pool))
+
+
+def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
+  """Metrics of a step from its (global) rollout and the update's metrics `m`."""
+  lengths = ro.out.lengths.reshape(-1)
+  res = ro.rewards
+  flags = ro.format_flags if ro.texts is None else [format_ok(t) for t in ro.texts]
+  metrics = {"reward": float(res.total.mean()),
+             "reward_std_in_group": float(res.total.reshape(-1, G).std(axis=1).mean()),
+             "accuracy": float(res.per_function.get("accuracy", np.zeros(1)).mean()),
+             "format_rate": float(np.mean(flags)),
+             "response_len_mean": float(lengths.mean()),
+             "response_len_max": float(lengths.max()),
+             "truncation_rate": float(1.0 - ro.out.finished.mean()),
+             "reward_timeouts": int(res.timed_out.sum()), "reward_errors": int(res.errors.sum()),
+             "lr": float(lr)}
+  for k, v in res.per_function.items():
+    metrics[f"reward/{k}"] = float(v.mean())
+  for k, v in m.items():
+    metrics[k] = float(v)
+  return metrics
+
+
+def samples(ro: Rollout, n: int) -> list[dict]:
+  """The first `n` completions of a rollout as samples.jsonl records."""
+  G = ro.out.tokens.shape[1]
+  out = []
+  for i in range(min(n, len(ro.texts))):
+    ex = ro.examples[i // G]
+    out.append({"split": "train", "question": ex["question"], "answer": ex["answer"],
+                "completion": ro.texts[i], "reward": float(ro.rewards.total[i])})
+  return out
