@@ -114,12 +114,23 @@ def checkpoint(*, every_steps: int, keep: int = 2) -> ConfigDict:
 def log(*, plot: bool = True, samples_every: Optional[int] = None,
         num_samples: int = 4) -> ConfigDict:
   """plot: draw run_dir/curves.png at the end; samples_every / num_samples: sample
-  completions written to samples.jsonl every N steps (RL stages)."""
+  completions written to samples.jsonl every N steps (RL stages); optional experiment
+  trackers next to metrics.jsonl and TensorBoard (r1jax/train/metrics.py)."""
   c = ConfigDict()
   if samples_every is not None:
     c.samples_every = samples_every
     c.num_samples = num_samples
   c.plot = plot
+  # Weights & Biases (pip install wandb; off when the project is ""): metrics, samples and
+  # config of process 0 go to this project (entity "" = the default one). The run id is
+  # kept in run_dir/wandb_run_id, so a resumed run continues the same W&B run.
+  c.wandb_project = ""
+  c.wandb_entity = ""
+  # MLflow (pip install mlflow; off when the experiment is ""): tracking URI "" = the
+  # MLFLOW_TRACKING_URI environment variable or ./mlruns. The run id is kept in
+  # run_dir/mlflow_run_id.
+  c.mlflow_experiment = ""
+  c.mlflow_tracking_uri = ""
   return c
 
 

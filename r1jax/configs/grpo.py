@@ -7,7 +7,8 @@ Sized to finish in about 30 minutes on a 2-core CPU with visible learning on eas
 reasoning-gym arithmetic. At scale, point `model` at a Qwen2.5/Llama HF directory, raise
 batch sizes and lengths, and set `mesh` for the devices.
 
-Variants: "" (the default), "tiny" (tiny-random model, 2 steps: tests and smoke runs).
+Variants: "" (the default), "tiny" (tiny-random model, 2 steps: tests and smoke runs),
+"gspo" (GSPO, Zheng et al. 2025: sequence ratio and clip, mu = 2 updates per rollout).
 """
 from ml_collections import ConfigDict
 
@@ -55,14 +56,57 @@ def get_config(variant: str = "") -> ConfigDict:
   c.rl.kl_estimator = "k3"
   # Loss aggregation: sequence_mean_token_mean (GRPO) | token_mean (DAPO) | dr_grpo.
   c.rl.loss_aggregation = "sequence_mean_token_mean"
-  # Advantage scaling: group (GRPO) | batch | none (Dr. GRPO).
+  # Policy loss: grpo (token ratio and clip, DeepSeekMath eq. 3) | gspo (sequence ratio
+  # exp(mean token log-ratio) and its clip, Zheng et al. 2025; the paper's clip is about
+  # epsilon_low = 3e-4 / epsilon_high = 4e-4 with sequence_mean_token_mean; with mu = 1 and
+  # on-policy rollouts its ratio is 1 and its gradient equals grpo's: see the gspo variant).
+  c.rl.policy_loss = "grpo"
+  # Entropy bonus coefficient (>= 0; PPO eq. 9): c * token entropy is subtracted from the
+  # loss, aggregated like the policy-gradient term. 0 = off.
+  c.rl.entropy_coef = 0.0
+  # Advantage estimator on the step's gathered rewards [prompts, G]: grpo (group mean/std,
+  # scaled by advantage_scaling) | rloo (leave-one-out baseline) | reinforce_pp
+  # (REINFORCE++: group mean baseline, then normalised over the whole batch).
+  c.rl.advantage_estimator = "grpo"
+  # Advantage scaling of the grpo estimator: group (GRPO) | batch | none (Dr. GRPO).
   c.rl.advantage_scaling = "group"
+  # DAPO's soft overlong punishment (Yu et al. 2025, eq. 13): completions longer than
+  # max_new_tokens - overlong_buffer tokens lose up to overlong_penalty reward, linearly,
+  # reaching it at the limit. overlong_buffer in tokens, 0 <= . <= max_new_tokens; 0 = off.
+  c.rl.overlong_buffer = 0
+  c.rl.overlong_penalty = 1.0
   # Exclude completions cut at max_new_tokens from the loss (DAPO overlong filtering).
   c.rl.mask_truncated = False
   # Dynamic sampling (DAPO): drop groups whose rewards are all equal and refill with new
-  # prompts, up to max_resample_rounds extra rollouts per step.
+  # prompts, up to max_resample_rounds extra rollouts per step. The refill decision is made
+  # on the rewards gathered from every process (each keeps its own quota of groups).
   c.rl.dynamic_sampling = False
   c.rl.max_resample_rounds = 2
+  # Blocks of the step's prompts that each keep their own quota of informative groups
+  # (0 = one per process, so no rollout moves between processes). Set it to a multiple of
+  # every process count the run may use and the kept groups do not depend on the count.
+  c.rl.dynamic_sampling_blocks = 0
+  # Off-policy correction of the sampler-vs-trainer mismatch (bf16 or other rollout kernels,
+  # one-step-stale async rollouts): none | tis (token-level truncated importance sampling,
+  # weight min(pi_old / mu, offpolicy_cap)) | mis (sequence-level masked importance sampling:
+  # sequences whose ratio leaves [offpolicy_mis_low, offpolicy_cap] are dropped). The
+  # mismatch metrics (offpolicy/*) are logged every step whatever the mode.
+  c.rl.offpolicy_correction = "none"
+  c.rl.offpolicy_cap = 2.0
+  c.rl.offpolicy_mis_low = 0.5
+  # One-step-async rollouts (r1jax/stages/grpo_async.py, docs/scaling.md): the rollout of
+  # step t+1 runs while step t updates, with the policy one update stale (correct it with
+  # offpolicy_correction). False = the synchronous schedule (rollout, then update).
+  c.rl.async_rollouts = False
+  # Devices given to the rollout (a sub-mesh of that many devices, taken evenly from every
+  # process; the trainer keeps the rest and the params are copied over after each update).
+  # 0 = rollout and training share all devices.
+  c.rl.rollout_devices = 0
+  # Mesh of the rollout devices (used when rollout_devices > 0; one -1 takes the rest).
+  c.rl.rollout_mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Dtype of the sampler's params and compute ("" = as the trained model; bfloat16 = bf16
+  # rollouts against the float32 trainer). Held-out evaluation always uses the trained dtype.
+  c.rl.rollout_dtype = ""
 
   # Per-token log-probs from hidden states + LM head, never [tokens, vocab] logits
   # (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.
@@ -82,7 +126,7 @@ def get_config(variant: str = "") -> ConfigDict:
 
   c.checkpoint = common.checkpoint(every_steps=50)
   c.log = common.log(plot=True, samples_every=10, num_samples=4)
-  return common.select_variant(c, variant, {"tiny": tiny}, "configs/grpo.py")
+  return common.select_variant(c, variant, {"tiny": tiny, "gspo": gspo}, "configs/grpo.py")
 
 
 def tiny(c: ConfigDict) -> None:
@@ -103,3 +147,15 @@ def tiny(c: ConfigDict) -> None:
   c.checkpoint.every_steps = 1
   c.log.samples_every = 1
   c.log.plot = False
+
+
+def gspo(c: ConfigDict) -> None:
+  """GSPO (Zheng et al. 2025, arXiv:2507.18071): sequence-level ratio and clip, with the
+  paper's clip range and two updates per rollout batch (with mu = 1 the ratio is 1 and
+  GSPO's gradient equals GRPO's sequence-mean one)."""
+  c.run_dir = "runs/gspo"
+  c.rl.policy_loss = "gspo"
+  c.rl.loss_aggregation = "sequence_mean_token_mean"
+  c.rl.epsilon_low = 3e-4
+  c.rl.epsilon_high = 4e-4
+  c.rl.num_iterations = 2

@@ -2,10 +2,15 @@
 DeepSeekMath, section 4.1; docs/method.md "GRPO objective" and "Rewards").
 
 One step: prompts (grain; each process its block) -> group rollouts (each prompt prefilled
-once, G samples; r1jax.stages.grpo_rollout) -> rewards (process pool with timeouts) -> group
-advantages -> reference log-probs (when beta > 0) -> mu jitted, sharded updates with exact
-gradient accumulation -> metrics and samples. Resume, held-out evaluation, checkpoints, the
-collective stop and the finite-update guard come from the loop (r1jax.train.loop).
+once, G samples; DAPO dynamic sampling decided on gathered rewards; r1jax.stages.grpo_rollout)
+-> rewards (process pool with timeouts) -> DAPO overlong shaping and the advantage estimator
+(grpo | rloo | reinforce_pp) on the gathered rewards -> reference log-probs (when beta > 0)
+-> mu jitted, sharded updates with exact gradient accumulation (GRPO or GSPO policy loss,
+entropy bonus, off-policy correction against the sampler's log-probs) -> metrics (with the
+sampler-vs-trainer mismatch) and samples. With rl.async_rollouts the next step's rollout is
+sampled during the update (r1jax.stages.grpo_async). Resume, held-out evaluation,
+checkpoints, the collective stop and the finite-update guard come from the loop
+(r1jax.train.loop).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -26,9 +32,12 @@ from r1jax.data.pipeline import split_list
 from r1jax.data.templates import response_prefix
 from r1jax.kernels import logprob as kernel_lib
 from r1jax.kernels.logprob import token_logprobs
+from r1jax.losses import advantages as adv_lib
 from r1jax.losses import grpo as grpo_lib
+from r1jax.losses import offpolicy
 from r1jax.models.config import ModelConfig
 from r1jax.rewards import RewardComputer, format_ok, registry
+from r1jax.stages import grpo_async
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
 from r1jax.train import loop
@@ -43,15 +52,22 @@ class Settings:
 
   Batch sizes are in prompts: a step samples prompts_per_step x num_generations sequences;
   a micro-batch of the update holds micro_batch_prompts prompts (their G samples each).
+  rollout_devices > 0 puts the rollout on a sub-mesh of that many devices (rollout_mesh
+  its shape); rollout_dtype "" samples in the model's dtype.
   """
   model: settings_lib.ModelSettings
   parallel: settings_lib.ParallelSettings
   grpo: grpo_lib.GRPOConfig
+  advantages: adv_lib.AdvantageConfig
   prompts_per_step: int
   num_generations: int
   micro_batch_prompts: int
   reward_spec: tuple
   reward_kwargs: dict
+  async_rollouts: bool = False
+  rollout_devices: int = 0
+  rollout_mesh: tuple = ()
+  rollout_dtype: str = ""
 
   @property
   def num_micro(self) -> int:
@@ -97,9 +113,10 @@ def validate_config(config) -> Settings:
   if rl.micro_batch_prompts < 1 or rl.prompts_per_step % rl.micro_batch_prompts:
     raise ValueError(f"rl.micro_batch_prompts={rl.micro_batch_prompts} must divide "
                      f"rl.prompts_per_step={rl.prompts_per_step}")
-  if rl.advantage_scaling not in grpo_lib.ADVANTAGE_SCALINGS:
-    raise ValueError(f"rl.advantage_scaling must be one of {grpo_lib.ADVANTAGE_SCALINGS}, got "
-                     f"{rl.advantage_scaling!r}")
+  acfg = adv_lib.AdvantageConfig(estimator=rl.advantage_estimator, scaling=rl.advantage_scaling,
+                                 overlong_buffer=rl.overlong_buffer,
+                                 overlong_penalty=rl.overlong_penalty,
+                                 max_completion_len=rl.max_new_tokens)
   kernel_lib.kwargs_from_config(config.kernels)
   if config.eval.temperature < 0:
     raise ValueError(f"eval.temperature must be >= 0, got {config.eval.temperature}")
@@ -109,23 +126,37 @@ def validate_config(config) -> Settings:
                           max_new_tokens=rl.max_new_tokens)
   gcfg = grpo_lib.GRPOConfig(epsilon_low=rl.epsilon_low, epsilon_high=rl.epsilon_high,
                              beta=rl.beta, kl_estimator=rl.kl_estimator,
-                             aggregation=rl.loss_aggregation, max_completion_len=rl.max_new_tokens)
+                             aggregation=rl.loss_aggregation, max_completion_len=rl.max_new_tokens,
+                             policy_loss=rl.policy_loss, entropy_coef=rl.entropy_coef,
+                             offpolicy_correction=rl.offpolicy_correction,
+                             offpolicy_cap=rl.offpolicy_cap,
+                             offpolicy_mis_low=rl.offpolicy_mis_low)
   import_reward_modules(config.rewards.get("modules", ""))
   spec = tuple(registry.parse_reward_spec(config.rewards.spec))
   names = {name for name, _ in spec}
   kwargs = {k: v for k, v in reward_kwargs(config.rewards).items() if k in names}
   loop.parse_resume(config.resume)
   nproc = jax.process_count()
-  if nproc > 1:
-    if rl.prompts_per_step % nproc:
-      raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} does not split over {nproc} "
-                       f"processes")
-    if rl.dynamic_sampling:
-      raise ValueError("rl.dynamic_sampling is single-process only for now (the refill "
-                       "decision would need every process's rewards)")
+  if rl.prompts_per_step % nproc:
+    raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} does not split over {nproc} "
+                     f"processes")
+  blocks = rl.dynamic_sampling_blocks
+  if blocks < 0 or (blocks and (blocks % nproc or rl.prompts_per_step % blocks)):
+    raise ValueError(f"rl.dynamic_sampling_blocks={blocks} must be 0 or a multiple of the "
+                     f"{nproc} process(es) that divides rl.prompts_per_step="
+                     f"{rl.prompts_per_step}")
+  if not isinstance(rl.async_rollouts, bool):
+    raise ValueError(f"rl.async_rollouts must be True or False, got {rl.async_rollouts!r}")
+  settings_lib.check_positive(config, "rl.rollout_devices", minimum=0)
+  rollout_dtype = str(rl.rollout_dtype or "")
+  if rollout_dtype:
+    models.check_dtype(rollout_dtype, "rl.rollout_dtype")
   return Settings(settings_lib.ModelSettings.from_config(config),
-                  settings_lib.ParallelSettings.from_config(config), gcfg,
-                  int(rl.prompts_per_step), int(G), int(rl.micro_batch_prompts), spec, kwargs)
+                  settings_lib.ParallelSettings.from_config(config), gcfg, acfg,
+                  int(rl.prompts_per_step), int(G), int(rl.micro_batch_prompts), spec, kwargs,
+                  async_rollouts=rl.async_rollouts, rollout_devices=int(rl.rollout_devices),
+                  rollout_mesh=tuple(rl.rollout_mesh.to_dict().items()),
+                  rollout_dtype=rollout_dtype)
 
 
 # ---------------------------------------------------------------------- the loss
@@ -147,18 +178,53 @@ def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: floa
   return logp.reshape(b, G, N), ent.reshape(b, G, N)
 
 
+def mismatch_metrics(trainer_logp, sampler_logp, live, metric_weights, gcfg):
+  """Sampler-vs-trainer mismatch of a micro-batch, logged every step whatever
+  rl.offpolicy_correction (r1jax.losses.offpolicy): offpolicy/logp_diff_abs (token mean of
+  |log pi_old - log mu|), offpolicy/logp_diff (its signed mean), offpolicy/is_weight and,
+  under tis / mis, offpolicy/capped_frac / masked_frac: token-weighted sums that add up over
+  micro-batches; offpolicy/logp_diff_abs_max, the largest |log pi_old - log mu| (the Trainer
+  takes the maximum of "_max" metrics over micro-batches, so it is the batch's exact max).
+
+  Args:
+    trainer_logp, sampler_logp: [S, T] float32 log pi_old and log mu of the sampled tokens.
+    live: [S, T] bool completion tokens in the loss; metric_weights: [S, T] float32 token
+      weights of the whole batch (grpo.token_mean_weights).
+  """
+  lr = offpolicy.log_ratios(trainer_logp, sampler_logp, live)
+  out = offpolicy.mismatch_metrics(trainer_logp, sampler_logp, live, metric_weights,
+                                   gcfg.offpolicy_correction, gcfg.offpolicy_cap,
+                                   gcfg.offpolicy_mis_low)
+  mw = jnp.where(live, metric_weights, 0.0)
+  out["offpolicy/logp_diff"] = jnp.sum(mw * lr)
+  out["offpolicy/logp_diff_abs_max"] = jnp.max(jnp.abs(lr))
+  return out
+
+
 def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: float,
                  kernel: dict, remat: bool, num_iterations: int):
-  """(params, micro-batch, denominator) -> (loss, metrics) for Trainer."""
+  """(params, micro-batch, denominator) -> (loss, metrics) for Trainer.
+
+  The micro-batch holds prompt_tokens, prompt_lengths, completion, advantages, weights and
+  optionally metric_weights, ref_logp (beta > 0), old_logp (pi_old when mu > 1) and
+  sampler_logp (the sampler's log-probs: off-policy correction and mismatch metrics)."""
   def loss_fn(params, mb, denominator):
     logp, entropy = completion_logprobs(params, cfg, mb, temperature=temperature,
                                         kernel=kernel, remat=remat)
     flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
     # mu = 1: pi_old is the current policy (ratio = 1, gradient = policy gradient).
-    old = mb["old_logp"] if num_iterations > 1 else logp
-    return grpo_lib.grpo_loss(flat(logp), flat(old), flat(mb.get("ref_logp")),
-                              mb["advantages"].reshape(-1), flat(mb["weights"]), denominator,
-                              gcfg, flat(entropy), flat(mb.get("metric_weights")))
+    old = flat(mb["old_logp"] if num_iterations > 1 else logp)
+    sampler_logp = flat(mb.get("sampler_logp"))
+    loss, metrics = grpo_lib.grpo_loss(flat(logp), old, flat(mb.get("ref_logp")),
+                                       mb["advantages"].reshape(-1), flat(mb["weights"]),
+                                       denominator, gcfg, flat(entropy),
+                                       flat(mb.get("metric_weights")), sampler_logp)
+    if sampler_logp is not None:
+      mw = mb.get("metric_weights")
+      mw = flat(mb["weights"]) / denominator if mw is None else flat(mw)
+      metrics.update(mismatch_metrics(jax.lax.stop_gradient(old), sampler_logp,
+                                      flat(mb["weights"]) > 0, mw, gcfg))
+    return loss, metrics
   return loss_fn
 
 
@@ -229,13 +295,19 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   """
   s = validate_config(config)
   loop.prepare_run_dir(config.run_dir, loop.parse_resume(config.resume))
-  mesh = s.parallel.mesh()
   rules, sampler_rules = s.parallel.train_rules, s.parallel.sampling_rules
+  if s.rollout_devices:  # rollout and training on disjoint sub-meshes (grpo_async)
+    train_devices, rollout_devices = grpo_async.split_devices(s.rollout_devices)
+    mesh = shd.make_mesh(dict(s.parallel.mesh_shape), train_devices)
+    rollout_mesh = shd.make_mesh(dict(s.rollout_mesh), rollout_devices)
+  else:
+    mesh = rollout_mesh = s.parallel.mesh()
   # Several processes: each loads, samples and scores its own block of prompts; the update
   # runs on global arrays. Process 0 alone writes metrics, samples and plots.
   nproc, pidx = jax.process_count(), jax.process_index()
-  logging.info("mesh %s, sharding rules %s, %d process(es)", dict(mesh.shape),
-               config.sharding.preset, nproc)
+  logging.info("mesh %s, rollout mesh %s, sharding rules %s, %d process(es), %s rollouts",
+               dict(mesh.shape), dict(rollout_mesh.shape), config.sharding.preset, nproc,
+               "one-step-async" if s.async_rollouts else "synchronous")
   rl = config.rl
   G, B = s.num_generations, s.prompts_per_step
   b = B // nproc  # prompts of this process per step
@@ -266,13 +338,21 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
                                kernel=kernel)
-  sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh,
-                             rules=sampler_rules)
   # The sampler may lay the same params out differently (e.g. replicated for decoding while
-  # the trainer keeps them FSDP-sharded): an explicit reshard before each rollout.
-  sampler_shardings = (shd.tree_shardings(trainer.param_axes, state.params, mesh, sampler_rules)
-                       if sampler_rules != rules else None)
-  sampler_params = lambda p: p if sampler_shardings is None else shd.reshard(p, sampler_shardings)
+  # the trainer keeps them FSDP-sharded), on other devices, in another dtype: an explicit
+  # reshard (a copy when the update would donate them) before each rollout.
+  eval_sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32,
+                                  mesh=rollout_mesh, rules=sampler_rules)
+  eval_params = grpo_async.RolloutParams(trainer.param_axes, state.params, rollout_mesh,
+                                         sampler_rules)
+  if s.rollout_dtype and s.rollout_dtype != cfg.dtype:
+    rollout_cfg = dataclasses.replace(cfg, dtype=s.rollout_dtype, param_dtype=s.rollout_dtype)
+    sampler = sampling.Sampler(rollout_cfg, pad_id=tok.pad_id, min_prompt_bucket=32,
+                               mesh=rollout_mesh, rules=sampler_rules)
+    rollout_params = grpo_async.RolloutParams(trainer.param_axes, state.params, rollout_mesh,
+                                              sampler_rules, s.rollout_dtype)
+  else:
+    sampler, rollout_params = eval_sampler, eval_params
   sp = sampling.SamplingParams(
       temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
       max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
@@ -284,16 +364,25 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   eval_examples = data.eval_examples()
   base_key = jax.random.key(config.seed)
 
+  def produce(params, step):
+    return ro_lib.rollout_with_dynamic_sampling(
+        params, sampler, sp, tok, rewards, data_iter, jax.random.fold_in(base_key, step), b,
+        G, rl, prefix)
+
+  rollouts = grpo_async.RolloutSchedule(
+      produce, rollout_params, data_iter, async_rollouts=s.async_rollouts, steps=config.steps,
+      restore=lambda rec: grpo_async.restore_rollout(rec, data_iter, sampler, tok, sp, prefix))
+
   def step_fn(state, step):
     t0 = time.perf_counter()
-    ro = ro_lib.rollout_with_dynamic_sampling(
-        sampler_params(state.params), sampler, sp, tok, rewards, data_iter,
-        jax.random.fold_in(base_key, step), b, G, rl, prefix)
+    ro = rollouts.take(state.params, step)  # prefetched during the last update, or sampled now
+    t_ro = time.perf_counter()
     # Advantages and loss weights need the whole batch: gather the (small) per-process
     # rewards and masks, compute globally, keep this process's rows.
     gro = ro_lib.global_view(ro) if nproc > 1 else ro
     mine = slice(pidx * b, (pidx + 1) * b)
-    adv = grpo_lib.group_advantages(gro.rewards.total.reshape(B, G), rl.advantage_scaling)
+    adv, shaped = adv_lib.advantages_from_rewards(gro.rewards.total.reshape(B, G),
+                                                  gro.out.lengths.reshape(B, G), s.advantages)
     batch = ro_lib.build_batch(ro.prompt_ids, ro.prompt_lengths, ro.out, adv[mine],
                                rl.mask_truncated)
     mask = shd.process_allgather(batch.pop("mask"))
@@ -301,34 +390,43 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                            gcfg.max_completion_len)
     batch["weights"] = weights.reshape(mask.shape)[mine]
     batch["metric_weights"] = grpo_lib.token_mean_weights(mask)[mine]
-    batch.pop("old_logp")  # the sampler's; recomputed below with the training forward
     t_ref = time.perf_counter()
     if ref_params is not None:
       batch["ref_logp"] = logprob_fn(ref_params, trainer.shard_batch(batch))
-      jax.block_until_ready(batch["ref_logp"])
+      if not s.async_rollouts:
+        jax.block_until_ready(batch["ref_logp"])
     if rl.num_iterations > 1:
       # pi_old = the policy before the first update, through the same numerics as the loss.
       batch["old_logp"] = logprob_fn(state.params, trainer.shard_batch(batch))
+    # The next rollout's params: copied before the update donates them.
+    next_params = rollout_params(state.params, copy=True) if rollouts.prefetches(step) else None
     t_update = time.perf_counter()
     ms = []
     for _ in range(rl.num_iterations):
-      state, m = trainer.update(state, batch, denom)
+      state, m = trainer.update(state, batch, denom)  # dispatched: runs while we sample
       ms.append(m)
-    m = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(ms))  # mean over mu updates
+    prefetch_s = rollouts.prefetch(next_params, step + 1) if next_params is not None else 0.0
+    t_wait = time.perf_counter()
+    ms = jax.device_get(ms)
+    # Mean over the mu updates (maxima: the max).
+    m = {k: (np.max if k.endswith("_max") else np.mean)([x[k] for x in ms]) for k in ms[0]}
     t_end = time.perf_counter()
     metrics = ro_lib.step_metrics(gro, m, G, schedule(step * rl.num_iterations))
     metrics.update({"seconds/rollout": ro.seconds_rollout, "seconds/reward": ro.seconds_reward,
-                    "seconds/reference": t_update - t_ref, "seconds/update": t_end - t_update,
-                    "step_s": t_end - t0,
+                    "seconds/wait_rollout": t_ro - t0, "seconds/reference": t_update - t_ref,
+                    "seconds/update": t_end - t_update, "seconds/prefetch": prefetch_s,
+                    "seconds/wait_update": t_end - t_wait, "step_s": t_end - t0,
                     "rollout_tokens_per_s": float(gro.out.lengths.sum()) / ro.seconds_rollout})
+    if s.advantages.overlong_buffer:
+      metrics["reward_shaped"] = float(shaped.mean())
     if hasattr(rewards, "stats"):  # pool counters and the code sandbox's level
       metrics.update({f"rewards/{k}": v for k, v in rewards.stats().items()})
     return state, metrics, ro
 
   def evaluate_hook(state, step):
     key = jax.random.fold_in(jax.random.fold_in(base_key, 10 ** 9), step)
-    return evaluate(sampler_params(state.params), sampler, tok, rewards, eval_examples, config,
-                    key, sp, prefix)
+    return evaluate(eval_params(state.params), eval_sampler, tok, rewards, eval_examples,
+                    config, key, sp, prefix)
 
   settings = loop.LoopSettings.from_config(
       config, progress_keys=("reward", "accuracy", "format_rate", "response_len_mean", "step_s"))
@@ -338,7 +436,7 @@ def run(config, *, rewards=None) -> dict[str, Any]:
     _, result = loop.run(settings, trainer=trainer, state=state, data=data_iter,
                          step_fn=step_fn, evaluate=evaluate_hook if eval_examples else None,
                          samples=lambda ro: ro_lib.samples(ro, config.log.num_samples),
-                         config=config)
+                         config=config, stage_state=rollouts)
   finally:
     rewards.close()
   return result

@@ -3,7 +3,9 @@
 Used by the `grpo` stage (r1jax/stages/grpo.py). A `Rollout` holds one step's prompts (this
 process's share), their G completions each, the decoded texts and the rewards. With several
 processes each one samples and scores its own block of prompts; `global_view` gathers what
-advantages and metrics need (rewards, lengths, format flags) from all of them.
+advantages and metrics need (rewards, lengths, format flags) from all of them, and dynamic
+sampling decides on the gathered rewards (r1jax.losses.dynamic_sampling.plan_refill), so
+every process takes the same number of rollout rounds.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 
 from r1jax import sampling
 from r1jax import sharding as shd
+from r1jax.losses import dynamic_sampling
 from r1jax.rewards import format_ok
 
 
@@ -25,7 +28,10 @@ class Rollout:
   """One step's samples: `examples` (B dicts), prompt ids [B, P] and lengths [B], the
   sampler output (tokens [B, G, N] ...), texts [B * G] (response prefix + completion), the
   RewardResult of the B * G texts, and the seconds spent sampling and scoring.
-  `format_flags` [B * G] is set on a global view (whose texts are not gathered)."""
+  `format_flags` [B * G] is set on a global view (whose texts are not gathered).
+  `rounds`: rollout rounds drawn from the data (1 + dynamic-sampling refills);
+  `selection`: [B, 2] int (round, row of that round's prompts) of each kept group (None =
+  round 0's rows in order); `stats`: dynamic-sampling metrics (same on every process)."""
   examples: list[dict]
   prompt_ids: Any
   prompt_lengths: Any
@@ -35,6 +41,9 @@ class Rollout:
   seconds_rollout: float
   seconds_reward: float
   format_flags: Any = None
+  rounds: int = 1
+  selection: Any = None
+  stats: dict = dataclasses.field(default_factory=dict)
 
 
 def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: sampling.SampleOutput,
@@ -48,7 +57,8 @@ def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: samplin
     mask_truncated: drop completions that hit the length limit from the loss.
 
   Returns dict: prompt_tokens [B, P], prompt_lengths [B], completion [B, G, N], mask
-  [B, G, N] float32 (1 on real completion tokens), old_logp [B, G, N], advantages [B, G].
+  [B, G, N] float32 (1 on real completion tokens), sampler_logp [B, G, N] (the sampler's
+  log-probs of the tokens: the off-policy correction's mu), advantages [B, G].
   """
   N = out.tokens.shape[-1]
   mask = (np.arange(N) < out.lengths[..., None]).astype(np.float32)
@@ -57,7 +67,7 @@ def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: samplin
   return {"prompt_tokens": prompt_ids.astype(np.int32),
           "prompt_lengths": prompt_lengths.astype(np.int32),
           "completion": out.tokens.astype(np.int32), "mask": mask,
-          "old_logp": out.logprobs.astype(np.float32),
+          "sampler_logp": out.logprobs.astype(np.float32),
           "advantages": advantages.astype(np.float32)}
 
 
@@ -75,26 +85,43 @@ def rollout(params, sampler, sp, tok, rewards, examples, key, G, prefix) -> Roll
 
 def rollout_with_dynamic_sampling(params, sampler, sp, tok, rewards, data_iter, key, B, G,
                                   rl, prefix) -> Rollout:
-  """`rollout` of the next B prompts; with rl.dynamic_sampling (DAPO, Yu et al. 2025,
-  section 3.2), groups whose rewards are all equal are replaced by informative groups of
-  fresh prompts, up to rl.max_resample_rounds extra rollouts (then uninformative groups
-  fill the rest)."""
+  """`rollout` of this process's next B prompts; with rl.dynamic_sampling (DAPO, Yu et al.
+  2025, section 3.2), groups whose rewards are all equal are replaced by informative groups
+  of fresh prompts, up to rl.max_resample_rounds extra rollouts (then uninformative groups
+  fill the rest).
+
+  The refill decision and the kept groups come from `dynamic_sampling.plan_refill` on the
+  rewards gathered from all processes, split into rl.dynamic_sampling_blocks blocks (0 = one
+  per process) that each keep their own quota: every process computes the same plan, takes
+  the same number of rounds (the sampler is a collective) and keeps groups of its own rows.
+  """
   ro = rollout(params, sampler, sp, tok, rewards, next(data_iter), key, G, prefix)
   if not rl.dynamic_sampling:
     return ro
+  nproc, pidx = jax.process_count(), jax.process_index()
+  blocks = int(rl.get("dynamic_sampling_blocks", 0)) or nproc
   pool = [ro]
-  kept = informative_groups(ro, G)
-  rounds = 0
-  while len(kept) < B and rounds < rl.max_resample_rounds:
-    rounds += 1
+  gathered = [shd.process_allgather(ro.rewards.total.reshape(B, G))]
+  plan = dynamic_sampling.plan_refill(np.stack(gathered), blocks)
+  while plan.refill and len(pool) <= rl.max_resample_rounds:
     extra = rollout(params, sampler, sp, tok, rewards, next(data_iter),
-                    jax.random.fold_in(key, 1000 + rounds), G, prefix)
+                    jax.random.fold_in(key, 1000 + len(pool)), G, prefix)
     pool.append(extra)
-    kept += [(len(pool) - 1, b) for _, b in informative_groups(extra, G)]
-  if len(kept) < B:  # not enough informative groups: fill with uninformative ones
-    used = set(kept)
-    kept += [(p, b) for p in range(len(pool)) for b in range(B) if (p, b) not in used]
-  return select_groups(pool, kept[:B], G, sampler)
+    gathered.append(shd.process_allgather(extra.rewards.total.reshape(B, G)))
+    plan = dynamic_sampling.plan_refill(np.stack(gathered), blocks)
+  mine = blocks // nproc  # this process's blocks: rows [j * size, (j + 1) * size) of its B
+  size = B // mine
+  kept = [(int(r), j * size + int(row)) for j in range(mine)
+          for r, row in plan.selection[pidx * mine + j]]
+  out = select_groups(pool, kept, G, sampler)
+  out.rounds, out.selection = len(pool), np.asarray(kept, np.int64)
+  chosen = plan.informative[plan.selection[..., 0], np.arange(blocks)[:, None],
+                            plan.selection[..., 1]]
+  out.stats = {"dynamic_sampling/rounds": len(pool),
+               "dynamic_sampling/informative_frac": float(chosen.mean()),
+               "dynamic_sampling/first_round_informative_frac":
+                   float(plan.informative[0].mean())}
+  return out
 
 
 def global_view(ro: Rollout) -> Rollout:
@@ -108,7 +135,8 @@ def global_view(ro: Rollout) -> Rollout:
   out = sampling.SampleOutput(None, g(ro.out.lengths), None, g(ro.out.finished),
                               ro.out.num_steps)
   fmt = g(np.asarray([format_ok(t) for t in ro.texts], bool))
-  return Rollout([], None, None, out, None, rewards, ro.seconds_rollout, ro.seconds_reward, fmt)
+  return Rollout([], None, None, out, None, rewards, ro.seconds_rollout, ro.seconds_reward, fmt,
+                 ro.rounds, None, ro.stats)
 
 
 def informative_groups(ro: Rollout, G: int) -> list[tuple[int, int]]:
@@ -120,7 +148,8 @@ def informative_groups(ro: Rollout, G: int) -> list[tuple[int, int]]:
 def select_groups(pool: list[Rollout], kept, G, sampler) -> Rollout:
   """Concatenate the chosen (rollout, group) pairs into one Rollout of len(kept) groups."""
   examples = [pool[p].examples[b] for p, b in kept]
-  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples])
+  # process_local: every process pads to the same length (a collective with several).
+  ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples], process_local=True)
   pick = lambda f: np.stack([getattr(pool[p].out, f)[b] for p, b in kept])
   out = sampling.SampleOutput(pick("tokens"), pick("lengths"), pick("logprobs"), pick("finished"),
                               max(int(r.out.num_steps) for r in pool))
@@ -151,6 +180,7 @@ def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
              "lr": float(lr)}
   for k, v in res.per_function.items():
     metrics[f"reward/{k}"] = float(v.mean())
+  metrics.update(ro.stats)
   for k, v in m.items():
     metrics[k] = float(v)
   return metrics

@@ -15,8 +15,12 @@ A stage supplies a step function and optional hooks; the loop owns everything ar
     (`samples_every`), the curves PNG at the end (`plot`);
   * the collective stop: `PreemptionGuard.should_stop()` on every process after every step,
     so all processes save the same step and stop together;
-  * process-0 writing: metrics.jsonl, samples, config.json, TensorBoard and the progress bar
-    on process 0 only;
+  * process-0 writing: metrics.jsonl, samples, config.json, TensorBoard, the optional
+    experiment trackers (Weights & Biases, MLflow: `log.wandb_project`,
+    `log.mlflow_experiment`) and the progress bar on process 0 only;
+  * stage state: `stage_state.get_state()` (JSON-able; e.g. GRPO's pending async rollout) is
+    saved in every checkpoint and given back to `stage_state.set_state` on resume, after the
+    data iterator's state;
   * finite updates: a step whose metrics report `update_skipped` > 0 (Trainer.update kept the
     state after a non-finite loss or gradient) is logged with its step and counted
     (`skipped_updates`); after `max_skipped_steps` such steps in a row the run stops with
@@ -44,7 +48,7 @@ import numpy as np
 from absl import logging
 
 from r1jax.train import trainer as trainer_lib
-from r1jax.train.metrics import MetricsWriter, ProgressBar
+from r1jax.train.metrics import MetricsWriter, ProgressBar, make_trackers
 
 CHECKPOINT_DIR = "checkpoints"
 Resume = Union[bool, str]
@@ -73,6 +77,8 @@ class LoopSettings:
       stops with NonFiniteUpdateError (0 = never stop).
     desc, progress_keys: progress bar label and the metrics it shows ("eval_" + key shows
       the latest evaluation's value).
+    trackers: experiment trackers as (kind, options) pairs, e.g. ("wandb", (("project",
+      "r1"), ("entity", ""))) (see r1jax.train.metrics.make_trackers); () = none.
   """
   run_dir: str
   steps: int
@@ -87,6 +93,7 @@ class LoopSettings:
   max_skipped_steps: int = 3
   desc: str = "train"
   progress_keys: tuple[str, ...] = ("loss", "step_s")
+  trackers: tuple = ()
 
   def __post_init__(self):
     if self.resume not in (True, False, "auto"):
@@ -110,9 +117,22 @@ class LoopSettings:
               checkpoint_keep=int(config.checkpoint.keep),
               eval_every=int(ev.get("every_steps", 0)), eval_at_start=bool(ev.get("at_start", False)),
               samples_every=int(log.get("samples_every", 0)), plot=bool(log.get("plot", False)),
-              max_skipped_steps=int(config.optim.get("max_skipped_steps", 3)))
+              max_skipped_steps=int(config.optim.get("max_skipped_steps", 3)),
+              trackers=tracker_settings(log))
     kw.update(overrides)
     return cls(**kw)
+
+
+def tracker_settings(log) -> tuple:
+  """The experiment trackers a `log` config block asks for, as LoopSettings.trackers."""
+  out = []
+  if log.get("wandb_project"):
+    out.append(("wandb", (("project", str(log.wandb_project)),
+                          ("entity", str(log.get("wandb_entity", "") or "")))))
+  if log.get("mlflow_experiment"):
+    out.append(("mlflow", (("experiment", str(log.mlflow_experiment)),
+                           ("tracking_uri", str(log.get("mlflow_tracking_uri", "") or "")))))
+  return tuple(out)
 
 
 def parse_resume(value) -> Resume:
@@ -165,7 +185,8 @@ class NullWriter:
 
 
 def resume_state(settings: LoopSettings, checkpointer: trainer_lib.Checkpointer,
-                 trainer: trainer_lib.Trainer, state, data, writer) -> tuple[Any, int]:
+                 trainer: trainer_lib.Trainer, state, data, writer,
+                 stage_state=None) -> tuple[Any, int]:
   """(state, start step) after the resume policy of `settings` (see the module docstring).
 
   Raises:
@@ -185,6 +206,8 @@ def resume_state(settings: LoopSettings, checkpointer: trainer_lib.Checkpointer,
     raise ValueError(f"checkpoint was made with seed={extra.get('seed')}, config has "
                      f"seed={settings.seed}")
   data.set_state(extra["data_state"])
+  if stage_state is not None:
+    stage_state.set_state(extra.get("stage_state") or {})
   start = int(extra["step"])
   writer.truncate_after(start)
   logging.info("resumed from step %d", start)
@@ -199,7 +222,8 @@ def _fmt(metrics: dict) -> str:
 def run(settings: LoopSettings, *, trainer: trainer_lib.Trainer, state, data,
         step_fn: Callable, evaluate: Optional[Callable] = None,
         samples: Optional[Callable] = None, finish: Optional[Callable] = None,
-        config: Any = None, first_metrics: Optional[dict] = None) -> tuple[Any, dict[str, Any]]:
+        config: Any = None, first_metrics: Optional[dict] = None,
+        stage_state: Any = None) -> tuple[Any, dict[str, Any]]:
   """Run steps [start, settings.steps) with the hooks (see the module docstring).
 
   Args:
@@ -210,6 +234,8 @@ def run(settings: LoopSettings, *, trainer: trainer_lib.Trainer, state, data,
     step_fn, evaluate, samples, finish: the hooks.
     config: written to run_dir/config.json.
     first_metrics: logged at step 0 of a fresh run (e.g. data counts).
+    stage_state: optional object with get_state() -> JSON-able dict and set_state(dict),
+      saved with each checkpoint (every process calls get_state: it may be a collective).
 
   Returns:
     (final TrainState, result): the last step's metrics, the latest evaluation's as
@@ -225,11 +251,14 @@ def run(settings: LoopSettings, *, trainer: trainer_lib.Trainer, state, data,
   is_main = jax.process_index() == 0
   ckpt_dir = prepare_run_dir(settings.run_dir, settings.resume)
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=settings.checkpoint_keep)
-  writer = MetricsWriter(settings.run_dir) if is_main else NullWriter()
+  writer = (MetricsWriter(settings.run_dir, trackers=make_trackers(settings.trackers,
+                                                                    settings.run_dir))
+            if is_main else NullWriter())
   guard = progress = None
   last: dict[str, Any] = {"steps": settings.steps}
   try:
-    state, start = resume_state(settings, checkpointer, trainer, state, data, writer)
+    state, start = resume_state(settings, checkpointer, trainer, state, data, writer,
+                                stage_state)
     if config is not None:
       writer.write_config(config.to_dict() if hasattr(config, "to_dict") else config)
     if first_metrics and start == 0:
@@ -252,8 +281,10 @@ def run(settings: LoopSettings, *, trainer: trainer_lib.Trainer, state, data,
       last.update({f"eval/{k}": v for k, v in m.items()})
 
     def save(step):
-      checkpointer.save(step, state, {"step": step, "seed": settings.seed,
-                                      "data_state": data.get_state()})
+      extra = {"step": step, "seed": settings.seed, "data_state": data.get_state()}
+      if stage_state is not None:
+        extra["stage_state"] = stage_state.get_state()
+      checkpointer.save(step, state, extra)
 
     if evaluate is not None and settings.eval_at_start and start == 0:
       run_eval(0)

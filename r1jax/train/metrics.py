@@ -7,6 +7,11 @@ A run directory holds
   config.json     the run's configuration
   tensorboard/    TensorBoard event files (scalars, sample tables, config)
 
+and, optionally, the same records go to experiment trackers behind the same interface
+(`Tracker`: log / log_samples / log_config / close): `WandbTracker` (Weights & Biases) and
+`MlflowTracker` (MLflow), off unless configured (`log.wandb_project`,
+`log.mlflow_experiment`); their packages are imported only then.
+
 metrics.jsonl is the source of truth for `tools/plot_run.py` (accuracy and mean response
 length against step, as DeepSeek-R1's figures 2 and 3 plot them); TensorBoard is for watching a live run. Only one
 process should write a run directory (on multi-host, process 0).
@@ -145,7 +150,9 @@ class MetricsWriter:
       w.write(step, {"accuracy_greedy": 0.41}, prefix="eval/")
   """
 
-  def __init__(self, run_dir, *, tensorboard: bool = True, flush_secs: int = 30):
+  def __init__(self, run_dir, *, tensorboard: bool = True, flush_secs: int = 30,
+               trackers: Sequence["Tracker"] = ()):
+    self.trackers = list(trackers)
     self.run_dir = pathlib.Path(run_dir)
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.metrics_path = self.run_dir / METRICS_FILE
@@ -218,6 +225,10 @@ class MetricsWriter:
         if key in _RESERVED or v is None or isinstance(v, str):
           continue
         tb.add_scalar(key, v, step, walltime=now)
+    scalars = {k: v for k, v in record.items()
+               if k not in _RESERVED and v is not None and not isinstance(v, str)}
+    for t in self.trackers:
+      t.log(step, scalars)
     return record
 
   def write_samples(self, step: int, samples: Sequence[Mapping[str, Any]], *,
@@ -240,6 +251,8 @@ class MetricsWriter:
     tb = self._tensorboard()
     if tb is not None:
       tb.add_text("samples", samples_markdown(rows[:tb_rows], max_chars=tb_max_chars), step)
+    for t in self.trackers:
+      t.log_samples(step, rows)
 
   def write_config(self, config: Any) -> None:
     """Write `config` (dict, dataclass or ConfigDict) to config.json (and TensorBoard text)."""
@@ -253,6 +266,8 @@ class MetricsWriter:
       # Indented by 4 spaces: TensorBoard renders it as a code block.
       text = "\n".join("    " + line for line in json.dumps(data, indent=2).splitlines())
       tb.add_text("config", text, 0)
+    for t in self.trackers:
+      t.log_config(data)
 
   def truncate_after(self, step: int) -> dict[str, int]:
     """Remove lines with step > `step` from metrics.jsonl and samples.jsonl (resume).
@@ -311,6 +326,8 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    for t in self.trackers:
+      t.close()
     self._closed = True
 
   def __enter__(self) -> "MetricsWriter":
@@ -318,6 +335,155 @@ class MetricsWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+# ---------------------------------------------------------------------- experiment trackers
+class Tracker:
+  """What MetricsWriter forwards to an experiment tracker (process 0 only).
+
+  log(step, scalars): {key: int | float} of one `write` (keys with their prefix, e.g.
+    "eval/accuracy_greedy"; NaN/inf and strings already dropped).
+  log_samples(step, rows): sample dicts as written to samples.jsonl.
+  log_config(config): the run's configuration as plain JSON data.
+  close(): finish the tracker's run.
+  """
+
+  def log(self, step: int, scalars: Mapping[str, Any]) -> None:
+    raise NotImplementedError
+
+  def log_samples(self, step: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    del step, rows
+
+  def log_config(self, config: Mapping[str, Any]) -> None:
+    del config
+
+  def close(self) -> None:
+    pass
+
+
+def _import(module: str, key: str):
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError as e:
+    raise ImportError(f"{key} is set but {module} is not installed (pip install {module}; "
+                      f"or set {key}=\"\")") from e
+
+
+def _run_id(run_dir: pathlib.Path, name: str) -> Optional[str]:
+  """The tracker run id kept in run_dir/name by an earlier start of this run, or None."""
+  path = run_dir / name
+  if not path.exists():
+    return None
+  return path.read_text(encoding="utf-8").strip() or None
+
+
+def _keep_run_id(run_dir: pathlib.Path, name: str, run_id: str) -> None:
+  tmp = run_dir / (name + ".tmp")
+  tmp.write_text(run_id + "\n", encoding="utf-8")
+  os.replace(tmp, run_dir / name)
+
+
+class WandbTracker(Tracker):
+  """Weights & Biases: one W&B run per run directory.
+
+  The W&B run id is kept in run_dir/wandb_run_id, so a resumed run continues the same W&B
+  run (wandb.init(id=..., resume="allow")). W&B's history only grows: after a resume from a
+  checkpoint older than the last logged step, the repeated steps keep their first values
+  (equal ones, as resume is exact), while metrics.jsonl is truncated and rewritten.
+
+  Args:
+    run_dir: the run directory (its name is the W&B run name).
+    project, entity: W&B project and entity ("" = the default entity).
+
+  Raises:
+    ImportError: wandb is not installed (naming log.wandb_project).
+  """
+  ID_FILE = "wandb_run_id"
+
+  def __init__(self, run_dir, *, project: str, entity: str = ""):
+    wandb = _import("wandb", "log.wandb_project")
+    run_dir = pathlib.Path(run_dir)
+    run_id = _run_id(run_dir, self.ID_FILE) or wandb.util.generate_id()
+    self.run = wandb.init(project=project, entity=entity or None, id=run_id, resume="allow",
+                          name=run_dir.name, dir=str(run_dir))
+    _keep_run_id(run_dir, self.ID_FILE, run_id)
+    self._wandb = wandb
+
+  def log(self, step, scalars):
+    self.run.log(dict(scalars), step=int(step))
+
+  def log_samples(self, step, rows):
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    table = self._wandb.Table(columns=cols, data=[[_jsonable(r.get(c)) for c in cols]
+                                                  for r in rows])
+    self.run.log({"samples": table}, step=int(step))
+
+  def log_config(self, config):
+    self.run.config.update(config, allow_val_change=True)
+
+  def close(self):
+    self.run.finish()
+
+
+class MlflowTracker(Tracker):
+  """MLflow: one MLflow run per run directory, in `experiment`.
+
+  The MLflow run id is kept in run_dir/mlflow_run_id, so a resumed run logs into the same
+  MLflow run (repeated steps are logged again; MLflow keeps every value with its step).
+  Samples go to the run's artifacts as samples/step_<step>.json, the config as config.json.
+
+  Args:
+    run_dir: the run directory (its name is the MLflow run name).
+    experiment: MLflow experiment name (created when missing).
+    tracking_uri: "" = MLflow's default (MLFLOW_TRACKING_URI or ./mlruns).
+
+  Raises:
+    ImportError: mlflow is not installed (naming log.mlflow_experiment).
+  """
+  ID_FILE = "mlflow_run_id"
+
+  def __init__(self, run_dir, *, experiment: str, tracking_uri: str = ""):
+    mlflow = _import("mlflow", "log.mlflow_experiment")
+    run_dir = pathlib.Path(run_dir)
+    if tracking_uri:
+      mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    run_id = _run_id(run_dir, self.ID_FILE)
+    self.run = (mlflow.start_run(run_id=run_id) if run_id
+                else mlflow.start_run(run_name=run_dir.name))
+    _keep_run_id(run_dir, self.ID_FILE, self.run.info.run_id)
+    self._mlflow = mlflow
+
+  def log(self, step, scalars):
+    self._mlflow.log_metrics({k: float(v) for k, v in scalars.items()}, step=int(step))
+
+  def log_samples(self, step, rows):
+    self._mlflow.log_dict([dict(r) for r in rows], f"samples/step_{int(step)}.json")
+
+  def log_config(self, config):
+    self._mlflow.log_dict(dict(config), "config.json")
+
+  def close(self):
+    self._mlflow.end_run()
+
+
+TRACKERS = {"wandb": WandbTracker, "mlflow": MlflowTracker}
+
+
+def make_trackers(specs: Sequence[tuple[str, Any]], run_dir) -> list[Tracker]:
+  """Trackers from (kind, options) pairs (r1jax.train.loop.tracker_settings), e.g.
+  [("wandb", (("project", "r1"),))].
+
+  Raises:
+    ValueError: an unknown kind; ImportError: its package is missing.
+  """
+  out = []
+  for kind, options in specs:
+    if kind not in TRACKERS:
+      raise ValueError(f"unknown experiment tracker {kind!r}; known: {', '.join(TRACKERS)}")
+    out.append(TRACKERS[kind](run_dir, **dict(options)))
+  return out
 
 
 def samples_markdown(rows: Sequence[Mapping[str, Any]], *, max_chars: int = 600) -> str:

@@ -4,7 +4,9 @@ gradient accumulation and a finite-update guard, orbax checkpoints, SIGTERM-safe
 A stage supplies `loss_fn(params, micro_batch, denominator[, frozen]) -> (loss, metrics)`
 whose loss and metrics are *sums* normalised by a global denominator (see
 r1jax.losses.grpo.loss_weights): the update adds them over micro-batches, so accumulation is
-exact. `frozen` is an optional tree of params that the loss reads but never trains (a
+exact. Metrics whose key ends in "_max" are maxima instead: the update takes their maximum
+over micro-batches (e.g. the largest sampler-vs-trainer log-prob gap of the batch). `frozen`
+is an optional tree of params that the loss reads but never trains (a
 distillation teacher, a reference policy); it enters the jitted update as an argument.
 
 An update whose loss or gradient is not finite is skipped: params and optimizer state stay
@@ -174,13 +176,21 @@ class Trainer:
 
       def body(acc, mb):
         out = grad_fn(state.params, mb, denominator)
-        return jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, out), None
+        add = jax.tree.map(lambda a, x: a + x.astype(a.dtype), acc, out)
+        (_, m_acc), _ = acc
+        (_, m), _ = out
+        # "_max" metrics: the maximum over micro-batches, not the sum.
+        add[0][1].update({k: jnp.maximum(m_acc[k], m[k].astype(m_acc[k].dtype))
+                          for k in m if k.endswith("_max")})
+        return add, None
 
       mb0 = jax.tree.map(lambda x: x[0], micro)
       shapes = jax.eval_shape(lambda: grad_fn(state.params, mb0, denominator))
       # Accumulate in float32 whatever the param dtype (bf16 sums of micro-batches drift).
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.promote_types(s.dtype, jnp.float32)),
                            shapes)
+      zeros[0][1].update({k: jnp.full_like(v, -jnp.inf)
+                          for k, v in zeros[0][1].items() if k.endswith("_max")})
       ((loss, metrics), grads), _ = jax.lax.scan(body, zeros, micro)
       grad_norm = optax.global_norm(grads)
       updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
