@@ -192,16 +192,17 @@ def test_stop_sequences_for_tokenizer():
     assert any(tuple(ids[-len(s):]) == s for s in seqs)
 
 
-def test_sharded_rollouts_equal_single_device(params):
+@pytest.mark.parametrize("cache_block", [128, 4])  # one cache; a cache grown 4 -> 8 -> 10
+def test_sharded_rollouts_equal_single_device(params, cache_block):
   from r1jax import sharding
   mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
   tr_params = jax.device_put(params, sharding.tree_shardings(
       models.param_logical_axes(CFG), models.param_shapes(CFG), mesh))
   prompts = [[3 + i, 5, 7 + i] for i in range(8)]
   sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=10)
-  single = sampling.Sampler(CFG, pad_id=0)(params, prompts, jax.random.key(5), num_samples=2,
-                                           sampling=sp)
-  sharded_sampler = sampling.Sampler(CFG, pad_id=0, mesh=mesh)
+  single = sampling.Sampler(CFG, pad_id=0, cache_block=cache_block)(
+      params, prompts, jax.random.key(5), num_samples=2, sampling=sp)
+  sharded_sampler = sampling.Sampler(CFG, pad_id=0, mesh=mesh, cache_block=cache_block)
   ids, lengths = sharded_sampler._place(*sharded_sampler.pad_prompts(prompts))
   assert len(ids.sharding.device_set) == 8
   multi = sharded_sampler(tr_params, prompts, jax.random.key(5), num_samples=2, sampling=sp)
