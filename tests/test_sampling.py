@@ -253,6 +253,11 @@ def test_cache_schedule():
     sampling.cache_schedule(16, 0)
 
 
+@jax.jit
+def _full_logits_batch(params, tokens):
+  return models.logits(params, CFG, models.forward(params, CFG, tokens))
+
+
 def test_grown_cache_decode_equals_full_forward(params):
   """Prefill with 2 completion slots, grow to 4 then 7 while decoding: each step's logits
   equal a no-cache forward over prompt + completion (G = 2 samples share each prompt)."""
@@ -263,32 +268,30 @@ def test_grown_cache_decode_equals_full_forward(params):
   prompts[1, 3:] = 0
   conts = rng.randint(3, CFG.vocab_size, size=(B, G, N)).astype(np.int32)
   _, cache = models.prefill(params, CFG, jnp.asarray(prompts), jnp.asarray(lengths), G, 2)
+  step = jax.jit(lambda p, tok, pos, c, t: models.decode_step(p, CFG, tok, pos, c, t))
   logits = []
   for t in range(N):
     if t == cache.gen_k.shape[3]:
       cache = decoder.grow_cache(cache, {2: 4, 4: 7}[t])
     pos = jnp.broadcast_to(jnp.asarray(lengths)[:, None] + t, (B, G))
-    h, cache = models.decode_step(params, CFG, jnp.asarray(conts[:, :, t]), pos, cache,
-                                  jnp.int32(t))
+    h, cache = step(params, jnp.asarray(conts[:, :, t]), pos, cache, jnp.int32(t))
     logits.append(np.asarray(models.logits(params, CFG, h)))
   assert cache.gen_k.shape[3] == N
   for b in range(B):
-    for g in range(G):
-      seq = np.concatenate([prompts[b, :lengths[b]], conts[b, g]])
-      full = models.logits(params, CFG, models.forward(params, CFG, jnp.asarray(seq)[None]))[0]
-      for t in range(N):
-        np.testing.assert_allclose(logits[t][b, g], full[lengths[b] + t], atol=1e-4)
+    seqs = np.concatenate([np.repeat(prompts[b:b + 1, :lengths[b]], G, 0), conts[b]], axis=1)
+    full = np.asarray(_full_logits_batch(params, jnp.asarray(seqs)))
+    for t in range(N):
+      np.testing.assert_allclose(logits[t][b], full[:, lengths[b] + t], atol=1e-4)
   with pytest.raises(ValueError, match="smaller"):
     decoder.grow_cache(cache, 3)
 
 
-@pytest.mark.parametrize("top_p", [1.0, 0.9])
-def test_growing_cache_equals_full_budget_cache(params, top_p):
+def test_growing_cache_equals_full_budget_cache(params):
   """Attention over the grown cache (4 -> 8 -> 16 -> 24 slots) gives the samples of the
   previous sampler, whose cache held the whole budget from the start (cache_block >= N):
   prompts of 3, 17 and 1 tokens, G = 3 samples sharing each prompt's cache, stops at
   different steps; and the log-probs equal a no-cache forward."""
-  N = 24
+  N, top_p = 24, 0.9
   sp = lambda stops: SamplingParams(temperature=1.0, top_p=top_p, max_new_tokens=N,
                                     stop_ids=stops)
   run = lambda block, stops: sampling.Sampler(CFG, pad_id=0, cache_block=block)(
