@@ -387,6 +387,10 @@ class KVCache(NamedTuple):
   prompt_k, prompt_v: [L, B, P, K, Dh]; written once by `prefill`, shared by the G samples.
   gen_k, gen_v: [L, B, G, N, K, Dh]; slot n holds completion token n of each sample.
   prompt_mask: [B, P] bool, True at real (non-padding) prompt tokens.
+
+  The decode step attends to all N completion slots (masking those not yet written), so its
+  cost follows N, not the completion budget: the sampler starts with a small N and doubles
+  it with `grow_cache` only when the samples reach the end of the cache.
   """
   prompt_k: jax.Array
   prompt_v: jax.Array
@@ -416,6 +420,23 @@ def prefill(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_l
   L, K, Dh = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
   gen = jnp.zeros((L, B, num_samples, max_new_tokens, K, Dh), k.dtype)
   return last, KVCache(k, v, gen, gen, seg.astype(bool))
+
+
+def grow_cache(cache: KVCache, slots: int) -> KVCache:
+  """The same cache with `slots` completion slots: slots [0, N) kept, the new ones zeros.
+
+  A power-of-two growth schedule (the sampler's) copies each filled slot at most
+  log2(budget / first size) times, O(generated tokens) in all, and keeps the cache and the
+  per-step attention within 2x of the longest sample so far instead of the budget.
+
+  Raises:
+    ValueError: `slots` is smaller than the cache's N.
+  """
+  n = cache.gen_k.shape[3]
+  if slots < n:
+    raise ValueError(f"grow_cache: slots={slots} is smaller than the cache's {n} slots")
+  pad = ((0, 0),) * 3 + ((0, slots - n),) + ((0, 0),) * 2
+  return cache._replace(gen_k=jnp.pad(cache.gen_k, pad), gen_v=jnp.pad(cache.gen_v, pad))
 
 
 def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
