@@ -198,7 +198,8 @@ def make_ref_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float, k
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
                                                     kernel=kernel, remat=False)[0], micro)
     return trainer_lib._merge_micro(lp)
-  return jax.jit(ref, out_shardings=shd.batch_sharding(mesh, 3))
+  return jax.jit(shd.with_activation_sharding(ref, mesh),
+                 out_shardings=shd.batch_sharding(mesh, 3))
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -135,7 +135,7 @@ class Trainer:
   # ------------------------------------------------------------------ update
   def _build_update(self):
     M = self.num_micro
-    loss_fn = self.loss_fn
+    loss_fn = shd.with_activation_sharding(self.loss_fn, self.mesh, self.rules)
     optimizer = self.optimizer
 
     def update(state: TrainState, batch: dict, denominator):
