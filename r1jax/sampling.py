@@ -4,13 +4,21 @@
 `lax.while_loop` that decodes one token per step for all B*G samples from a KV cache
 whose prompt part ([L, B, P, K, Dh]) is shared by the G samples of each prompt; only the
 completion part ([L, B, G, N, K, Dh]) is per sample. The loop stops as soon as every
-sample has emitted a stop token. `Sampler` wraps it with length bucketing so that a run
+sample has emitted a stop token or completed a stop string.
+
+Stop strings are matched on decoded text, whatever the tokenisation (`</answer>` may end
+inside the token `>.`): `StopStrings` compiles them into a character-level Aho-Corasick
+automaton (Aho & Corasick 1975) lifted to tokens as a [states, V] table, built once on the
+host from each token's decoded text; the decode loop carries one automaton state per sample
+and stops it when the final state is reached. The caller then cuts the decoded text right
+after the stop string (`decode_completions`, as vLLM does), so `</answer>.` stops and the
+rewards see `...</answer>`. `Sampler` wraps it with length bucketing so that a run
 compiles once per (prompt bucket, completion bucket) instead of every step.
 
 Sampling: temperature (0 = greedy), top-k, top-p (nucleus, Holtzman et al. 2020).
 The log-prob returned for each sampled token is log softmax(logits / temperature) at the
 token (raw logits when greedy), i.e. the policy's own probability before top-k/top-p
-truncation: this is the "old log-prob" of the GRPO ratio (R1_SPEC section 2).
+truncation: this is the "old log-prob" of the GRPO ratio (docs/method.md, "GRPO objective").
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ import numpy as np
 
 from r1jax.models import decoder
 from r1jax.models.config import ModelConfig
+# Re-exported: the stages build and decode stop strings through this module.
+from r1jax.stop_strings import (StopStrings, decode_completions,  # noqa: F401
+                                stop_sequences_for, token_texts, truncate_at_stop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,19 +48,22 @@ class SamplingParams:
   top_k: keep the k most likely tokens; 0 disables.
   max_new_tokens: completion budget per sample (tokens).
   stop_ids: token ids that end a sample (the stop token is kept in the output).
-  stop_sequences: token-id sequences that end a sample when the completion ends with one
-    (e.g. the tokens of "</answer>"; see `stop_sequences_for`). Kept in the output.
+  stop_sequences: stop strings compiled for a vocabulary (`StopStrings`, made by
+    `stop_sequences_for(tokenizer, strings)`), or None: a sample ends at the token where its
+    decoded text first contains one of them (the token is kept; `decode_completions` cuts
+    the text after the string).
   """
   temperature: float = 1.0
   top_p: float = 1.0
   top_k: int = 0
   max_new_tokens: int = 128
   stop_ids: tuple[int, ...] = ()
-  stop_sequences: tuple[tuple[int, ...], ...] = ()
+  stop_sequences: Optional[StopStrings] = None
 
   def __post_init__(self):
-    if any(len(s) == 0 for s in self.stop_sequences):
-      raise ValueError("stop_sequences must not contain an empty sequence")
+    if self.stop_sequences is not None and not isinstance(self.stop_sequences, StopStrings):
+      raise TypeError("stop_sequences must be a StopStrings (sampling.stop_sequences_for("
+                      f"tokenizer, strings)) or None, got {type(self.stop_sequences).__name__}")
     if self.temperature < 0:
       raise ValueError(f"temperature must be >= 0, got {self.temperature}")
     if not 0 < self.top_p <= 1:
@@ -184,36 +198,13 @@ def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Arra
   return (b * C + j).astype(jnp.int32).reshape(shape)
 
 
-def stop_sequences_for(tokenizer, strings) -> tuple[tuple[int, ...], ...]:
-  """Token sequences for stop strings: each string tokenised alone and after a space
-  (BPE merges a leading space into the first token), deduplicated."""
-  seqs = []
-  for s in strings:
-    for variant in (s, " " + s):
-      ids = tuple(tokenizer.encode(variant, add_bos=False))
-      if ids and ids not in seqs:
-        seqs.append(ids)
-  return tuple(seqs)
-
-
-def _ends_with_any(tokens: jax.Array, last: jax.Array, seqs) -> jax.Array:
-  """[B, G] bool: completion tokens [B, G, N] up to index `last` end with one of `seqs`."""
-  hit = jnp.zeros(tokens.shape[:2], bool)
-  for seq in seqs:
-    k = len(seq)
-    start = jnp.maximum(last + 1 - k, 0)
-    window = jax.lax.dynamic_slice_in_dim(tokens, start, k, axis=2)
-    hit = hit | ((last + 1 >= k) & jnp.all(window == jnp.asarray(seq, jnp.int32), axis=-1))
-  return hit
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
-                                             "top_p", "top_k", "stop_ids", "stop_sequences",
-                                             "pad_id", "cache_shardings"))
+                                             "top_p", "top_k", "stop_ids", "pad_id",
+                                             "cache_shardings"))
 def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
              max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
              temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
-             pad_id: int, stop_sequences: tuple[tuple[int, ...], ...] = (),
+             pad_id: int, stop_table: Optional[jax.Array] = None,
              cache_shardings: Optional[decoder.KVCache] = None) -> SampleOutput:
   """Prefill B prompts once and decode `num_samples` completions for each.
 
@@ -228,7 +219,8 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     cache_len: N, completion slots in the KV cache and length of the outputs (static).
     temperature, top_p, top_k: sampling settings (static).
     stop_ids: ids that end a sample (static).
-    stop_sequences: token sequences that end a sample (static).
+    stop_table: [S, V] int32 stop-string automaton (`StopStrings.table`) or None; a sample
+      ends when its state reaches S - 1.
     pad_id: id written after a sample ends (static).
     cache_shardings: optional KVCache of NamedShardings the cache is constrained to
       (static; see Sampler), else XLA propagates a layout from params and prompts.
@@ -251,16 +243,20 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
                      jax.random.fold_in(key, 0))
   tokens = jnp.full((B, G, N), pad_id, jnp.int32).at[:, :, 0].set(tok0)
   logprobs = jnp.zeros((B, G, N), jnp.float32).at[:, :, 0].set(lp0)
-  done = is_stop(tok0) | _ends_with_any(tokens, jnp.int32(0), stop_sequences)
+  if stop_table is None:
+    stop_table = jnp.zeros((2, first_logits.shape[-1]), jnp.int32)  # never reaches state 1
+  final = stop_table.shape[0] - 1
+  sstate = stop_table[0, tok0]  # [B, G] automaton state of each sample
+  done = is_stop(tok0) | (sstate == final)
   lengths = jnp.ones((B, G), jnp.int32)
   limit = jnp.minimum(max_new_tokens, N)
 
   def cond(state):
-    t, _, _, _, _, done, _ = state
+    t, _, _, _, _, done, _, _ = state
     return (t + 1 < limit) & ~jnp.all(done)
 
   def body(state):
-    t, cur, cache, tokens, logprobs, done, lengths = state
+    t, cur, cache, tokens, logprobs, done, lengths, sstate = state
     positions = prompt_lengths[:, None] + t
     hidden, cache = decoder.decode_step(params, cfg, cur, jnp.broadcast_to(positions, (B, G)),
                                         cache, t)
@@ -270,11 +266,12 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     tokens = jax.lax.dynamic_update_slice(tokens, nxt[:, :, None], (0, 0, t + 1))
     logprobs = jax.lax.dynamic_update_slice(logprobs, lp[:, :, None], (0, 0, t + 1))
     lengths = lengths + (~done).astype(jnp.int32)
-    done = done | is_stop(nxt) | _ends_with_any(tokens, t + 1, stop_sequences)
-    return t + 1, nxt, cache, tokens, logprobs, done, lengths
+    sstate = jnp.where(done, sstate, stop_table[sstate, nxt])
+    done = done | is_stop(nxt) | (sstate == final)
+    return t + 1, nxt, cache, tokens, logprobs, done, lengths, sstate
 
-  state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths)
-  t, _, _, tokens, logprobs, done, lengths = jax.lax.while_loop(cond, body, state)
+  state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths, sstate)
+  t, _, _, tokens, logprobs, done, lengths, _ = jax.lax.while_loop(cond, body, state)
   return SampleOutput(tokens, lengths, logprobs, done, t + 1)
 
 
@@ -330,6 +327,23 @@ class Sampler:
     from r1jax import sharding as shd
     self.rules = dict(rules if rules is not None else shd.DEFAULT_RULES)
     self.last_stats: dict[str, float] = {}
+    self._stop_tables: dict = {}
+
+  def _stop_table(self, stop: Optional[StopStrings]):
+    """The automaton table on device (replicated over the mesh), uploaded once per set."""
+    if stop is None:
+      return None
+    if stop not in self._stop_tables:
+      if stop.table.shape[1] != self.cfg.vocab_size:
+        raise ValueError(f"stop strings compiled for a vocabulary of {stop.table.shape[1]} "
+                         f"tokens, the model has {self.cfg.vocab_size}")
+      if self.mesh is None:
+        table = jnp.asarray(stop.table)
+      else:
+        from r1jax import sharding as shd
+        table = jax.device_put(stop.table, shd.replicated(self.mesh))
+      self._stop_tables[stop] = table
+    return self._stop_tables[stop]
 
   def _sharded(self, batch: int) -> bool:
     from r1jax import sharding as shd
@@ -432,7 +446,7 @@ class Sampler:
                    cache_len=N, temperature=float(sampling.temperature),
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),
                    stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id),
-                   stop_sequences=tuple(tuple(int(i) for i in s) for s in sampling.stop_sequences),
+                   stop_table=self._stop_table(sampling.stop_sequences),
                    cache_shardings=self._cache_shardings(ids.shape[0]))
     out = _to_host(out, process_local)
     n = sampling.max_new_tokens

@@ -44,7 +44,8 @@ def rm_dirs(tmp_path_factory, tok):
 
 @pytest.fixture(scope="module")
 def scorers(rm_dirs):
-  return {k: routing.RewardModelScorer(v, batch_size=8) for k, v in rm_dirs.items()}
+  return {k: routing.RewardModelScorer(v, encode_fn=encode_scoring_input, batch_size=8)
+          for k, v in rm_dirs.items()}
 
 
 def test_final_summary():
@@ -120,7 +121,8 @@ def test_routed_rewards_route_per_example(scorers):
   assert routing.example_kind({"metadata": {"kind": "puzzle"}}) == "reasoning"
   pool = _Closable()
   with pytest.raises(FileNotFoundError, match="not a reward model directory"):
-    routing.routed_rewards_from_config({"helpfulness_rm": "/nonexistent"}, pool)
+    routing.routed_rewards_from_config({"helpfulness_rm": "/nonexistent"}, pool,
+                                       encode_fn=encode_scoring_input)
   assert pool.closed  # the rule pool is not leaked
   with pytest.raises(ValueError, match="reward model"):
     routing.RoutedRewards(rules)

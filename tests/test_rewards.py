@@ -1,5 +1,6 @@
-"""Rule-based rewards (R1_SPEC section 3): extraction, accuracy, graded format, spec parsing,
-and the process pool (timeouts, errors, crashes, inline == pool)."""
+"""Rule-based rewards (DeepSeek-R1, Guo et al. 2025, Sec. 2.2.2): strict extraction, binary
+accuracy (partial credit opt-in), graded format, spec parsing, the held-out scorer, and the
+process pool (timeouts, errors, crashes, inline == pool)."""
 
 import json
 import os
@@ -43,15 +44,23 @@ def _rg_examples(name, n=4, seed=7):
 
 @pytest.mark.parametrize("text,expected", [
     (" <think> x </think> <answer> 42 </answer>", "42"),
-    ("<answer>1</answer> more <answer>2</answer>", "2"),
-    ("<answer> a <answer> b </answer>", "b"),
+    (" <think> x </think> <answer> 42 </answer> \n<|im_end|><|endoftext|>", "42"),
     ("<answer>\\boxed{7}</answer>", "7"),
     ("<answer>\\boxed{7} and 8</answer>", "\\boxed{7} and 8"),
-    ("<answer>x</answer> then \\boxed{9}", "x"),  # the answer tag wins over \boxed
     ("so \\boxed{\\frac{1}{2}}.", "\\frac{1}{2}"),
-    ("\\boxed{1} then \\boxed{ 2 }", "2"),
+    ("\\boxed{2} so again \\boxed{ 2 }", "2"),  # the same answer twice is one answer
     ("\\boxed{3} then \\boxed{4", "3"),  # truncated last box is skipped
+    # Several answers: listing candidates states no answer.
+    ("<answer>1</answer> more <answer>2</answer>", None),
+    ("<answer> a <answer> b </answer>", None),
+    ("\\boxed{1} then \\boxed{ 2 }", None),
+    # Text after </answer>: no answer (the stop string ends a completion there).
+    ("<answer>x</answer> then \\boxed{9}", None),
+    ("<think>a</think> <answer>7</answer>.", None),
+    ("<think>a</think> <answer>7</answer> <think>no, 8</think>", None),
+    ("<think>a</think> <answer>7</answer>\nUser: What is 2+2?\nAssistant: <think>", None),
     ("<answer></answer> \\boxed{3}", None),  # blank answer block: no fallback
+    ("</answer> 3 <answer>", None),
     ("<answer>5", None),
     ("The answer is 42", None),  # no "last number" guessing
     ("", None),
@@ -105,11 +114,30 @@ def test_reasoning_gym_countdown():
     nums = ex["metadata"]["numbers"]
     wrong = " + ".join(str(v) for v in nums)  # right numbers, wrong value
     assert sum(nums) != ex["metadata"]["target"]
-    # reasoning-gym's partial credit is kept by default, dropped with binary=True.
-    assert acc.accuracy(_think(wrong), ex) == pytest.approx(0.05)
-    assert acc.accuracy(_think(wrong), ex, binary=True) == 0.0
-    assert acc.accuracy(_think("1 + 1"), ex, binary=True) == 0.0
+    # reasoning-gym's partial credit is dropped by default, kept with partial_credit=True.
+    assert acc.accuracy(_think(wrong), ex) == 0.0
+    assert acc.accuracy(_think(wrong), ex, partial_credit=True) == pytest.approx(0.05)
+    assert acc.accuracy(_think("1 + 1"), ex) == 0.0
     assert acc.accuracy("no answer", ex) == 0.0  # reasoning-gym alone would give 0.01
+    assert acc.accuracy("no answer", ex, partial_credit=True) == 0.0
+
+
+# Gold "7" under reasoning-gym's default scorer (basic_arithmetic): hand-computed partial
+# credit len(gold) / len(answer) when the gold is a substring of a wrong answer.
+PARTIAL = [("7", 1.0, 1.0), ("77", 0.0, 1 / 2), ("07", 0.0, 1 / 2), ("7.0", 0.0, 1 / 3),
+           ("1 2 3 4 5 6 7", 0.0, 1 / 13), ("8", 0.0, 0.0)]
+
+
+@pytest.mark.parametrize("answer,binary,partial", PARTIAL)
+def test_binary_by_default_partial_credit_opt_in(answer, binary, partial):
+  ex = dict(_rg_examples("basic_arithmetic", 1)[0], answer="7")
+  assert acc.accuracy(_think(answer), ex) == binary
+  assert acc.accuracy(_think(answer), ex, partial_credit=True) == pytest.approx(partial)
+  assert acc.heldout_accuracy(_think(answer), ex) == binary
+  # Several answers, or text after </answer>, void even the right one.
+  for bad in (_think(answer) + _think("7"), _think(answer) + " So the answer is 7.",
+              _think(answer) + "\nUser: next question"):
+    assert acc.accuracy(bad, ex) == 0.0 and acc.accuracy(bad, ex, partial_credit=True) == 0.0
 
 
 # ------------------------------------------------------------------ format
@@ -123,14 +151,19 @@ FORMAT_TABLE = [
     ("<think>a</think> <answer>4</answer></s>\n", True, True, 1.0),
     ("Sure. <think>a</think> <answer>4</answer>", False, True, 0.5),
     ("<think>a</think> so: <answer>4</answer>", False, True, 0.5),
-    ("<think>a</think> <answer>4</answer> extra", False, True, 0.5),
-    ("<think>a</think><answer>4</answer><answer>5</answer>", False, True, 0.5),
     ("<think>a <think>b</think><answer>4</answer>", False, True, 0.5),
-    ("<think>a</think><answer>4</answer><|endoftext|><|endoftext|>", False, True, 0.5),
+    ("<think>a</think><answer>4</answer><|endoftext|><|endoftext|>", True, True, 1.0),
+    # More than one answer block, or text after </answer>: no format credit at all.
+    ("<think>a</think> <answer>4</answer> extra", False, False, 0.0),
+    ("<think>a</think> <answer>4</answer>.", False, False, 0.0),
+    ("<think>a</think><answer>4</answer><answer>5</answer>", False, False, 0.0),
+    ("<think>a</think><answer>4</answer> <think>b</think>", False, False, 0.0),
+    ("<think>a</think> <answer>4</answer>\nUser: 2+2?\nAssistant: <think>", False, False, 0.0),
     ("<think></think><answer>4</answer>", False, False, 0.0),
     ("<think>a</think><answer> </answer>", False, False, 0.0),
     ("<answer>4</answer><think>a</think>", False, False, 0.0),
     ("<think>a <answer>4</answer></think>", False, False, 0.0),
+    ("<think>a</think>x<answer>4</answer>", False, True, 0.5),
     ("<think>a</think><answer>4", False, False, 0.0),
     ("<THINK>a</THINK><answer>4</answer>", False, False, 0.0),
     ("<think>a</think>", False, False, 0.0),
@@ -202,6 +235,19 @@ def test_weighted_totals_inline():
   assert empty.total.shape == (0,) and empty.per_function["accuracy"].shape == (0,)
 
 
+def test_heldout_accuracy_is_one_scorer_whatever_the_training_options():
+  """Training (any reward options) and evaluation report held-out accuracy through the same
+  binary scorer (accuracy.heldout_accuracy)."""
+  ex = dict(_rg_examples("basic_arithmetic", 1)[0], answer="7")
+  comps = [_think("7"), _think("77"), _think("7") + _think("7"), "no"]
+  train = rewards.RewardComputer("accuracy:1.0", num_workers=0,
+                                 fn_kwargs={"accuracy": {"partial_credit": True}})
+  np.testing.assert_allclose(train(comps, [ex] * 4).per_function["accuracy"], [1, 0.5, 0, 0])
+  np.testing.assert_array_equal(train.heldout_accuracy(comps, [ex] * 4), [1, 0, 0, 0])
+  evaluation = rewards.RewardComputer("accuracy:1.0", num_workers=0)
+  np.testing.assert_array_equal(evaluation.heldout_accuracy(comps, [ex] * 4), [1, 0, 0, 0])
+
+
 # ------------------------------------------------------------------ process pool
 
 SPEC = [("accuracy", 1.0), ("format", 0.2), ("test_hang", 0.5), ("test_raise", 2.0),
@@ -245,6 +291,8 @@ def test_pool_equals_inline(pool):
   np.testing.assert_array_equal(a.timed_out, b.timed_out)
   np.testing.assert_array_equal(a.errors, b.errors)
   assert not a.timed_out.any() and not a.errors.any()
+  np.testing.assert_array_equal(pool.heldout_accuracy(comps, exs),
+                                inline.heldout_accuracy(comps, exs))
   for i in range(len(comps)):
     assert a.total[i] == pytest.approx(_hand_total(a, i), rel=1e-6)
   # right answer + full format: 1 + 0.2 + 0.5 (hang fn) + 2*0.5 (raise fn) + 0.25 (crash fn)

@@ -163,30 +163,107 @@ def test_errors(params):
     SamplingParams(temperature=-1)
 
 
-def test_stop_sequences_end_a_sample_at_their_first_occurrence(params):
+def _first_stop_naive(texts, ids, strings):
+  """Reference: index of the first token after which the decoded text contains a stop string."""
+  acc = ""
+  for k, i in enumerate(ids):
+    acc += texts[i]
+    if any(st in acc for st in strings):
+      return k
+  return None
+
+
+def _first_stop_table(stop, ids):
+  s = 0
+  for k, i in enumerate(ids):
+    s = stop.table[s, i]
+    if s == stop.final_state:
+      return k
+  return None
+
+
+def test_stop_automaton_matches_decoded_text_under_any_tokenisation():
+  """The [states, V] table stops exactly where the concatenated token texts first contain a
+  stop string, against a naive string search, over random token sequences of a vocabulary
+  whose tokens split and merge the stop strings in every way."""
+  texts = ["a", "b", "<", "/", "</", "ans", "wer", ">", ">.", "</answer>", "x</answer>y", "</ans",
+           "wer>", "answer", "User", ":", "\nUser:", "Us", "er:", "", "aab", "ab", " ", "\ufffd"]
+  strings = ("</answer>", "User:", "aab")
+  stop = sampling.StopStrings(strings, texts)
+  assert stop.table.shape[1] == len(texts) and stop.table.dtype == np.int32
+  # Hand-checked: "</", "answer", ">." completes "</answer>" inside the token ">.".
+  idx = {t: i for i, t in enumerate(texts)}
+  assert _first_stop_table(stop, [idx["</"], idx["answer"], idx[">."]]) == 2
+  assert _first_stop_table(stop, [idx["Us"], idx[""], idx["er:"]]) == 2
+  assert _first_stop_table(stop, [idx["a"], idx["ab"]]) == 1  # "aab" across tokens
+  assert _first_stop_table(stop, [idx["ab"], idx["a"], idx["b"]]) is None
+  rng = np.random.default_rng(0)
+  for _ in range(3000):
+    ids = rng.integers(0, len(texts), size=rng.integers(1, 12)).tolist()
+    assert _first_stop_table(stop, ids) == _first_stop_naive(texts, ids, strings), \
+        [texts[i] for i in ids]
+  with pytest.raises(ValueError):
+    sampling.StopStrings(["x", ""], texts)
+  with pytest.raises(TypeError, match="StopStrings"):
+    SamplingParams(stop_sequences=((1, 2),))
+
+
+def test_truncate_at_stop():
+  assert sampling.truncate_at_stop("<answer> 7 </answer>. more", ["</answer>"]) == \
+      "<answer> 7 </answer>"
+  # The earliest-ending occurrence of any string wins (where the automaton stops).
+  assert sampling.truncate_at_stop("abcd", ["abcd", "bc"]) == "abc"
+  assert sampling.truncate_at_stop("no stop", ["</answer>"]) == "no stop"
+
+
+def test_sampler_stops_on_stop_strings_inside_tokens(params):
+  """In the jitted decode loop: a stop string that ends inside a token (its text spans two
+  tokens and the second carries trailing text) ends the sample at that token."""
   s = sampling.Sampler(CFG, pad_id=0)
   want = naive_greedy(params, PROMPTS[1], 12)
-  seq = (want[4], want[5])
-  first = next(i for i in range(1, 12) if (want[i - 1], want[i]) == seq)
-  out = s(params, [PROMPTS[1]], jax.random.key(0),
-          sampling=SamplingParams(temperature=0, max_new_tokens=12, stop_sequences=(seq,)))
+  texts = [f"<{i}>" for i in range(CFG.vocab_size)]
+  texts[want[4]] = "zzA"
+  texts[want[5]] = "Bq."  # "AB" ends inside this token
+  first = _first_stop_naive(texts, want, ["AB"])
+  assert first is not None and first <= 5
+  stop = sampling.StopStrings(["AB"], texts)
+  sp = SamplingParams(temperature=0, max_new_tokens=12, stop_sequences=stop)
+  out = s(params, [PROMPTS[1]], jax.random.key(0), sampling=sp)
   assert int(out.lengths[0, 0]) == first + 1 and bool(out.finished[0, 0])
   assert out.tokens[0, 0, :first + 1].tolist() == want[:first + 1]
-  # A sequence that never occurs changes nothing.
-  out = s(params, [PROMPTS[1]], jax.random.key(0),
-          sampling=SamplingParams(temperature=0, max_new_tokens=12,
-                                  stop_sequences=((CFG.vocab_size - 1, CFG.vocab_size - 2),)))
+
+  class _Tok:  # decodes with the texts above
+    def decode(self, ids):
+      return "".join(texts[int(i)] for i in ids)
+
+  text = sampling.decode_completions(_Tok(), out, sp, prefix="P")[0][0]
+  assert text == "P" + _Tok().decode(want[:first + 1]).split("AB")[0] + "AB"
+  # A string that never occurs changes nothing.
+  never = SamplingParams(temperature=0, max_new_tokens=12,
+                         stop_sequences=sampling.StopStrings(["never"], texts))
+  out = s(params, [PROMPTS[1]], jax.random.key(0), sampling=never)
   assert out.tokens[0, 0].tolist() == want and not out.finished[0, 0]
 
 
-def test_stop_sequences_for_tokenizer():
+def test_stop_strings_for_the_default_tokenizer():
+  """SmolLM2's BPE merges ">." into one token, so "</answer>." never ends with the tokens of
+  "</answer>"; the automaton stops there all the same, and the text is cut after it."""
   from r1jax.tokenizer import Tokenizer
   tok = Tokenizer.from_source("smollm2-135m-instruct")
-  seqs = sampling.stop_sequences_for(tok, ["</answer>"])
-  assert tuple(tok.encode("</answer>")) in seqs and tuple(tok.encode(" </answer>")) in seqs
-  for text in ("<think> 1 </think> <answer> 2 </answer>", "<answer>2</answer>"):
-    ids = tok.encode(text)
-    assert any(tuple(ids[-len(s):]) == s for s in seqs)
+  stop = sampling.stop_sequences_for(tok, ["</answer>"])
+  assert sampling.stop_sequences_for(tok, ["</answer>"]) is stop  # cached
+  assert sampling.stop_sequences_for(tok, []) is None
+  for text, cut in [("<think> 1 </think> <answer> 2 </answer>.",
+                     "<think> 1 </think> <answer> 2 </answer>"),
+                    ("<answer>2</answer>\nUser: next", "<answer>2</answer>"),
+                    ("<answer>2</answer>", "<answer>2</answer>")]:
+    ids = tok.encode(text, add_bos=False)
+    k = _first_stop_table(stop, ids)
+    assert k is not None and tok.decode(ids[:k]).count("</answer>") == 0
+    assert sampling.truncate_at_stop(tok.decode(ids[:k + 1]), stop.strings) == cut
+  ids = tok.encode("<answer> 2 </answer>.", add_bos=False)
+  enc = tok.encode("</answer>", add_bos=False)
+  assert ids[-len(enc):] != enc  # the old token-exact match would not have stopped
 
 
 def test_sharded_rollouts_equal_single_device(params):

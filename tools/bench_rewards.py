@@ -1,118 +1,170 @@
-"""Throughput of the reward pool (RewardComputer) on this machine.
+"""Code-reward sandbox and reward-pool figures, before (a git ref, default main) and after (this
+checkout), measured in the same run on the same machine.
 
-Prints samples/s for math verification (the `accuracy` reward on reasoning-gym and
-free-form math examples) and for code execution (the `code` reward on simple correct
-programs, stdin/stdout and function tests), and what one timing-out code sample costs.
-The last line of the output is one JSON object with all figures.
+For each tree, in a fresh interpreter with that tree first on the path:
+  sandbox_start_s     median wall time of run_program("print(1)") (start to exit), its
+                      default mode
+  code_samples_per_s  N simple correct code samples (stdin/stdout, function and assert tests
+                      over tests/data/code_problems.jsonl) through RewardComputer
+                      ("code:1.0", 2 workers), best of --reps after a warm-up call
+  mixed_batch_s       wall time of one batch of honest and hostile samples (loops, fork and
+                      memory bombs, output floods, a setsid orphan), 1 s per test
+  honest_equal        every honest reward in the mixed batch equals its all-honest value
+After only (the parent-side parse of a child's answer): the time to parse a set of K big
+integers with colliding hashes, by ast.literal_eval (the old parser) and by
+r1jax.rewards.wire.decode_answer (the new one, which refuses it).
 
-  python tools/bench_rewards.py [--workers 2] [--n 64]
+  python tools/bench_rewards.py [--ref main] [--n 64] [--reps 2] [--workers 2]
+
+The last line of the output is one JSON object with all figures and the after/before ratios.
 """
 
 import argparse
 import json
 import os
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from r1jax.rewards import RewardComputer, sandbox  # noqa: E402
-from r1jax.data.sources import jsonl_examples, reasoning_gym_examples  # noqa: E402
-
-FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
-                       "data", "code_problems.jsonl")
-
-
-def _wrap(ans):
-  return f"<think> working </think> <answer>{ans}</answer>"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fence(src):
   return f"<think> plan </think> <answer>\n```python\n{src}\n```\n</answer>"
 
 
-def _timed(rc, comps, exs, reps=1):
-  rc(comps[:2], exs[:2])  # warm
+SOLUTIONS = {
+    "sum-stdin": "a, b = map(int, input().split())\nprint(a + b)",
+    "add-fn": "def add(a, b):\n    return a + b",
+    "is-prime-asserts": ("def is_prime(n):\n    return n > 1 and "
+                         "all(n % d for d in range(2, int(n**0.5) + 1))"),
+    "apps-call": "def square(x):\n    return x * x",
+}
+HOSTILE = [
+    ("sum-stdin", "while True:\n    pass"),
+    ("add-fn", "def add(a, b):\n    while True: pass"),
+    ("sum-stdin", "import os\nwhile True:\n    os.fork()"),
+    ("sum-stdin", "x = []\nwhile True:\n    x.append(bytearray(1 << 26))"),
+    ("sum-stdin", "while True:\n    print('x' * 100000)"),
+    ("sum-stdin", "import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n"
+                  "print(-1)"),
+]
+
+
+def measure(n: int, reps: int, workers: int) -> dict:
+  """Figures of the r1jax found first on sys.path (run in a child interpreter)."""
+  from r1jax.data.sources import jsonl_examples
+  from r1jax.rewards import RewardComputer, sandbox
+  fixture = os.path.join(ROOT, "tests", "data", "code_problems.jsonl")
+  probs = {ex["id"]: ex for ex in jsonl_examples(fixture)}
+  out = {}
+  sandbox.run_program("print(1)")  # probe the mode once
+  starts = []
+  for _ in range(20):
+    t = time.perf_counter()
+    res = sandbox.run_program("print(1)")
+    starts.append(time.perf_counter() - t)
+    assert res.status == "ok", res
+  out["sandbox_start_s"] = round(statistics.median(starts), 4)
+  out["isolation"] = res.isolation.get("mode")
+  ids = list(SOLUTIONS)
+  exs = [probs[ids[i % len(ids)]] for i in range(n)]
+  comps = [_fence(SOLUTIONS[ex["id"]]) for ex in exs]
+  kw = {"code": {"timeout_s": 2.0, "total_timeout_s": 4.0}}
+  with RewardComputer("code:1.0", num_workers=workers, timeout_s=5.0, fn_kwargs=kw) as rc:
+    rc.wait_ready()
+    rc(comps[:4], exs[:4])
+    best = None
+    for _ in range(reps):
+      t = time.perf_counter()
+      res = rc(comps, exs)
+      dt = time.perf_counter() - t
+      best = dt if best is None else min(best, dt)
+      assert res.per_function["code"].min() == 1.0, res.per_function["code"]
+    out["code_samples_per_s"] = round(n / best, 1)
+  kw = {"code": {"timeout_s": 1.0, "total_timeout_s": 2.0}}
+  honest = [(probs[p], _fence(SOLUTIONS[p])) for p in ids]
+  hostile = [(probs[p], _fence(src)) for p, src in HOSTILE]
+  batch = [x for pair in zip(honest, hostile) for x in pair] + hostile[len(honest):]
+  with RewardComputer("code:1.0", num_workers=workers, timeout_s=4.0, fn_kwargs=kw) as rc:
+    rc.wait_ready()
+    alone = rc([c for _, c in honest], [e for e, _ in honest])
+    t = time.perf_counter()
+    mixed = rc([c for _, c in batch], [e for e, _ in batch])
+    out["mixed_batch_s"] = round(time.perf_counter() - t, 2)
+    out["mixed_batch_size"] = len(batch)
+    idx = [i for i, x in enumerate(batch) if x in honest]
+    out["honest_equal"] = bool(mixed.total[idx].tolist() == alone.total.tolist())
+    out["hostile_rewards"] = [float(mixed.total[i]) for i in range(len(batch)) if i not in idx]
+    out["pool_timeouts_in_mixed_batch"] = int(mixed.timed_out.sum())
+  return out
+
+
+def parse_cost(k: int) -> dict:
+  """Parent-side cost of parsing a child's answer: a set of k colliding big integers."""
+  import ast
+  from r1jax.rewards import wire
+  p = (1 << 61) - 1
+  ints = [str(i * p) for i in range(1, k + 1)]
   t = time.perf_counter()
-  for _ in range(reps):
-    res = rc(comps, exs)
-  return (time.perf_counter() - t) / reps, res
+  ast.literal_eval("{" + ",".join(ints) + "}")
+  old = time.perf_counter() - t
+  payload = ('["ok",{"set":[' + ",".join(ints) + "]}]").encode()
+  t = time.perf_counter()
+  try:
+    wire.decode_answer(payload)
+    refused = False
+  except ValueError:
+    refused = True
+  new = time.perf_counter() - t
+  return {"colliding_set_size": k, "literal_eval_s": round(old, 3),
+          "decode_answer_s": round(new, 4), "decode_answer_refused": refused}
+
+
+def _in_tree(tree: str, args) -> dict:
+  env = dict(os.environ, PYTHONPATH=tree)
+  env.pop("R1JAX_SANDBOX_MODE", None)
+  cmd = [sys.executable, os.path.abspath(__file__), "--measure", "--n", str(args.n),
+         "--reps", str(args.reps), "--workers", str(args.workers)]
+  out = subprocess.run(cmd, env=env, cwd=tree, capture_output=True, text=True, timeout=1800)
+  if out.returncode != 0:
+    raise RuntimeError(f"measuring {tree} failed:\n{out.stderr[-3000:]}")
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--workers", type=int, default=2)
+  ap.add_argument("--ref", default="main", help="git ref of the 'before' code ('' to skip)")
   ap.add_argument("--n", type=int, default=64)
+  ap.add_argument("--reps", type=int, default=2)
+  ap.add_argument("--workers", type=int, default=2)
+  ap.add_argument("--collisions", type=int, default=10000)
+  ap.add_argument("--measure", action="store_true", help=argparse.SUPPRESS)
   args = ap.parse_args()
-  n, out = args.n, {"workers": args.workers, "n": args.n}
-
-  # Math: reasoning-gym arithmetic (its scorer) and free-form math (math_verify).
-  rg = reasoning_gym_examples("basic_arithmetic", n // 2, seed=0) + \
-      reasoning_gym_examples("chain_sum", n - n // 2, seed=0)
-  comps = [_wrap(ex["answer"] if i % 2 == 0 else "12345") for i, ex in enumerate(rg)]
-  maths = [{"question": "q", "answer": a, "task": "math", "metadata": {}}
-           for a in ("\\frac{1}{2}", "x+1", "\\sqrt{2}", "18")] * (n // 4)
-  mcomps = [_wrap(p) for p in ("0.5", "1+x", "2^{1/2}", "17")] * (n // 4)
-  with RewardComputer("accuracy:1.0,format:0.5", num_workers=args.workers, timeout_s=10.0) as rc:
-    rc.wait_ready()
-    dt, _ = _timed(rc, comps, rg, reps=3)
-    out["math_rg_samples_per_s"] = round(n / dt, 1)
-    dt, res = _timed(rc, mcomps, maths, reps=3)
-    out["math_verify_samples_per_s"] = round(len(maths) / dt, 1)
-    print(f"math (reasoning-gym scorer): {out['math_rg_samples_per_s']} samples/s; "
-          f"math_verify: {out['math_verify_samples_per_s']} samples/s")
-
-  # Code: simple correct programs, n samples over the fixture's problems.
-  probs = {ex["id"]: ex for ex in jsonl_examples(FIXTURE)}
-  sols = {"sum-stdin": "a, b = map(int, input().split())\nprint(a + b)",
-          "add-fn": "def add(a, b):\n    return a + b",
-          "is-prime-asserts": ("def is_prime(n):\n    return n > 1 and "
-                               "all(n % d for d in range(2, int(n**0.5) + 1))"),
-          "apps-call": "def square(x):\n    return x * x"}
-  ids = list(sols)
-  cexs = [probs[ids[i % len(ids)]] for i in range(n)]
-  ccomps = [_fence(sols[ex["id"]]) for ex in cexs]
-  stdio = [i for i, ex in enumerate(cexs) if ex["id"] == "sum-stdin"]
-  kw = {"code": {"timeout_s": 2.0, "total_timeout_s": 4.0}}
-  with RewardComputer("code:1.0,format:0.5", num_workers=args.workers, timeout_s=5.0,
-                      fn_kwargs=kw) as rc:
-    rc.wait_ready()
-    dt, res = _timed(rc, ccomps, cexs)
-    assert res.per_function["code"].min() == 1.0, res.per_function["code"]
-    out["code_samples_per_s"] = round(n / dt, 1)
-    s_comps, s_exs = [ccomps[i] for i in stdio], [cexs[i] for i in stdio]
-    dt, _ = _timed(rc, s_comps, s_exs)
-    out["code_stdio_samples_per_s"] = round(len(stdio) / dt, 1)
-    out["code_stdio_tests_per_s"] = round(3 * len(stdio) / dt, 1)
-    f_comps = [c for i, c in enumerate(ccomps) if i not in stdio]
-    f_exs = [e for i, e in enumerate(cexs) if i not in stdio]
-    dt, _ = _timed(rc, f_comps, f_exs)
-    out["code_function_samples_per_s"] = round(len(f_exs) / dt, 1)
-    print(f"code: {out['code_samples_per_s']} samples/s (mixed); stdin/stdout "
-          f"{out['code_stdio_samples_per_s']} samples/s ({out['code_stdio_tests_per_s']} "
-          f"tests/s); function tests {out['code_function_samples_per_s']} samples/s")
-    # Timeout cost: one looping sample alone, then mixed into a batch.
-    loop = [_fence("while True:\n    pass")]
-    t = time.perf_counter()
-    r = rc(loop, [probs["sum-stdin"]])
-    out["code_timeout_sample_s"] = round(time.perf_counter() - t, 2)
-    out["pool_timeouts"] = int(r.timed_out.sum())
-    kw1 = {"code": {"timeout_s": 1.0, "total_timeout_s": 4.0}}
-  with RewardComputer("code:1.0", num_workers=args.workers, timeout_s=5.0, fn_kwargs=kw1) as rc:
-    rc.wait_ready()
-    t = time.perf_counter()
-    rc(loop, [probs["add-fn"]])
-    out["code_timeout_fn_sample_s_at_1s_per_test"] = round(time.perf_counter() - t, 2)
-    print(f"timeout cost: {out['code_timeout_sample_s']} s for a looping stdin sample "
-          f"(2 s per test, 4 s budget, 3 tests, stop on timeout); "
-          f"{out['code_timeout_fn_sample_s_at_1s_per_test']} s for a looping function sample "
-          "(1 s per call, 4 s budget, 4 tests); pool "
-          f"timeouts: {out['pool_timeouts']}")
-  t = time.perf_counter()
-  res = sandbox.run_program("print(1)")
-  out["sandbox_start_s"] = round(time.perf_counter() - t, 3)
-  out["isolation"] = sandbox.isolation()["mode"]
-  print(json.dumps(out))
+  if args.measure:
+    print(json.dumps(measure(args.n, args.reps, args.workers)))
+    return
+  result = {"n": args.n, "workers": args.workers, "ref": args.ref}
+  if args.ref:
+    with tempfile.TemporaryDirectory() as tree:
+      archive = subprocess.run(["git", "-C", ROOT, "archive", args.ref], check=True,
+                               capture_output=True).stdout
+      subprocess.run(["tar", "-x", "-C", tree], input=archive, check=True)
+      result["before"] = _in_tree(tree, args)
+      print("before:", json.dumps(result["before"]))
+  result["after"] = _in_tree(ROOT, args)
+  print("after:", json.dumps(result["after"]))
+  sys.path.insert(0, ROOT)
+  result["parse"] = parse_cost(args.collisions)
+  print("parse:", json.dumps(result["parse"]))
+  if "before" in result:
+    b, a = result["before"], result["after"]
+    result["ratios_after_over_before"] = {
+        k: round(a[k] / b[k], 3) for k in ("sandbox_start_s", "code_samples_per_s",
+                                           "mixed_batch_s") if b.get(k)}
+  print(json.dumps(result))
 
 
 if __name__ == "__main__":

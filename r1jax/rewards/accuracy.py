@@ -1,8 +1,17 @@
 """Accuracy rewards: the final answer checked against the reference by rules.
 
-R1_SPEC section 3 (arXiv:2501.12948 section 2.2.2): the answer stated in `<answer>` (or
-`\\boxed{}`) is compared with the reference answer by math equivalence (math_verify) or,
-for reasoning-gym tasks, by the task's own scorer. No neural reward model is involved.
+DeepSeek-R1 (Guo et al. 2025, Sec. 2.2.2; docs/method.md, "Rewards"): the answer stated in
+`<answer>` (or `\\boxed{}`) is compared with the reference answer by math equivalence
+(math_verify) or, for reasoning-gym tasks, by the task's own scorer. No neural reward model
+is involved, and the reward is binary (1 for a correct answer, else 0): R1's rule reward
+pays for correctness only, and a graded one pays wrong answers that resemble the reference
+(reasoning-gym's default scorer gives "77" 0.5 against the reference "7"), which RL then
+optimises. Partial credit is an explicit opt-in (`partial_credit=True`, the stage config's
+`rewards.partial_credit`). Answers are extracted strictly (r1jax.rewards.parsing): several
+answers, or text after `</answer>`, score 0.
+
+`heldout_accuracy` is the one scorer of held-out accuracy, used by the GRPO stage's in-loop
+evaluation and by the eval stage (pass@k, cons@N), so that their numbers agree.
 
 `math_verify` and `reasoning_gym` are imported lazily (inside the functions) so that
 importing r1jax.rewards stays cheap in the trainer and the reward workers pay for them only
@@ -116,22 +125,23 @@ def is_reasoning_gym_task(task: Optional[str]) -> bool:
 
 
 def reasoning_gym_accuracy(completion: str, example: dict[str, Any], *,
-                           binary: bool = False) -> float:
-  """The extracted answer scored by the task's own reasoning-gym `score_answer`.
+                           partial_credit: bool = False) -> float:
+  """The extracted answer scored by the task's own reasoning-gym `score_answer`, binary.
 
-  reasoning-gym gives partial credit, kept by default: e.g. its default scorer gives
-  len(reference)/len(answer) when the reference is a substring of the answer, and
-  countdown gives 0.05 for a wrong expression over the right numbers and 0.01 for an
-  unparseable one. `binary=True` maps every score below 1 to 0 (a clean pass rate).
+  reasoning-gym's scorers give partial credit: e.g. its default scorer gives
+  len(reference)/len(answer) when the reference is a substring of the answer (gold 7:
+  "77" 0.5, "7.0" 0.33), and countdown gives 0.05 for a wrong expression over the right
+  numbers and 0.01 for an unparseable one. By default every score below 1 maps to 0 (the
+  binary rule reward of the module docstring); `partial_credit=True` keeps the score.
 
   Args:
     completion: generated text after the prompt (str).
     example: dict with "task" (a reasoning-gym dataset name), "question", "answer" and
       "metadata" (the dataset entry's metadata).
-    binary: if True, return 1.0 only for a full score, else 0.0.
+    partial_credit: return the scorer's own value instead of 1.0 for a full score, else 0.0.
   Returns:
-    The scorer's float in [0, 1]; 0.0 when no answer is extracted (reasoning-gym itself
-    gives some tasks 0.01 for a missing answer; we do not).
+    1.0 or 0.0 (partial_credit: the scorer's float in [0, 1]); 0.0 when no answer is
+    extracted (reasoning-gym itself gives some tasks 0.01 for a missing answer; we do not).
   Raises:
     ValueError: unknown task. Whatever the task's scorer raises is propagated.
   """
@@ -144,32 +154,56 @@ def reasoning_gym_accuracy(completion: str, example: dict[str, Any], *,
   entry = {"question": example.get("question", ""), "answer": example["answer"],
            "metadata": example.get("metadata") or {}}
   score = float(_rg_dataset(task).score_answer(answer, entry))
-  if binary:
-    return 1.0 if score >= 1.0 - 1e-9 else 0.0
-  return score
+  if partial_credit:
+    return score
+  return 1.0 if score >= 1.0 - 1e-9 else 0.0
 
 
 def accuracy(completion: str, example: dict[str, Any], *,
-             timeout_s: Optional[float] = MATH_VERIFY_TIMEOUT_S, binary: bool = False) -> float:
-  """Accuracy reward r_acc (R1_SPEC section 3): dispatch on `example["task"]`.
+             timeout_s: Optional[float] = MATH_VERIFY_TIMEOUT_S,
+             partial_credit: bool = False) -> float:
+  """Accuracy reward r_acc (module docstring): dispatch on `example["task"]`.
 
-  reasoning-gym dataset names -> `reasoning_gym_accuracy` (with `binary`); anything else
-  ("math", other strings, missing) -> `math_accuracy` (with `timeout_s`). No extracted
-  answer -> 0.0.
+  reasoning-gym dataset names -> `reasoning_gym_accuracy` (with `partial_credit`); anything
+  else ("math", other strings, missing) -> `math_accuracy` (with `timeout_s`; always
+  binary). No single extracted answer (none, several, or text after `</answer>`) -> 0.0.
 
   Args:
     completion: generated text after the prompt (str).
     example: data example dict ("question", "answer", "task", "metadata").
     timeout_s: math_verify's internal timeout for math answers (see `math_accuracy`).
-    binary: drop reasoning-gym partial credit (see `reasoning_gym_accuracy`).
+    partial_credit: keep reasoning-gym's partial credit (see `reasoning_gym_accuracy`).
   Returns:
-    float in [0, 1].
+    1.0 or 0.0 (partial_credit: a float in [0, 1]).
   Raises:
     Whatever the selected scorer raises (the reward pool turns it into 0 + an error flag).
   """
   if is_reasoning_gym_task(example.get("task")):
-    return reasoning_gym_accuracy(completion, example, binary=binary)
+    return reasoning_gym_accuracy(completion, example, partial_credit=partial_credit)
   return math_accuracy(completion, example, timeout_s=timeout_s)
+
+
+def heldout_accuracy(completion: str, example: dict[str, Any]) -> float:
+  """Held-out correctness of one completion, 1.0 or 0.0: THE scorer of held-out accuracy
+  (the GRPO stage's in-loop evaluation and the eval stage's pass@k / cons@N), so that
+  training and evaluation report the same number whatever the training reward's options.
+
+  Code problems (task "code", or examples with tests) pass when every test passes
+  (r1jax.rewards.code, default limits and sandbox mode); everything else is `accuracy`
+  without partial credit.
+
+  Args:
+    completion: generated text after the prompt (str).
+    example: data example dict.
+  Returns:
+    1.0 or 0.0.
+  Raises:
+    As `accuracy` / `code.code_reward` (the reward pool turns errors into 0).
+  """
+  from r1jax.rewards import code  # lazy: the sandbox is only needed for code problems
+  if code.is_code_example(example):
+    return code.code_reward(completion, example, binary=True)
+  return accuracy(completion, example, partial_credit=False)
 
 
 def warmup() -> None:

@@ -1,4 +1,5 @@
-"""Language-consistency reward (R1_SPEC section 3; arXiv:2501.12948 section 2.3.2).
+"""Language-consistency reward (DeepSeek-R1, Guo et al. 2025, Sec. 2.3.2; docs/method.md,
+"Rewards").
 
 R1's stage-2 RL adds r_lang = the proportion of words of the chain of thought (CoT) that are in
 the target language, weighted by alpha: r = r_task + alpha * r_lang (spec "accuracy:1.0,
@@ -194,7 +195,7 @@ def language_consistency(text: str, language: str = "en", *, method: str = "scri
 def language_reward(completion: str, example: Optional[dict[str, Any]] = None, *,
                     language: str = "en", method: str = "script",
                     candidates: Optional[Sequence[str]] = None, min_words: int = 4) -> float:
-  """r_lang: proportion of the CoT's words in the target language (R1_SPEC section 3).
+  """r_lang: proportion of the CoT's words in the target language (Guo et al. 2025, Sec. 2.3.2).
 
   Args:
     completion: response text (with the template's response prefix, e.g. "<think>").

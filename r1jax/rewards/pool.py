@@ -1,13 +1,13 @@
 """Reward computation in a small pool of worker processes with per-sample timeouts.
 
-Rule-based rewards (R1_SPEC section 3) call sympy (math_verify) and third-party scorers
-(reasoning-gym), which can hang or blow up on adversarial model output. Training must not
-stall or crash on that, so each (sample, reward function) pair gets a deadline: if it does
-not finish within `timeout_s`, its worker process is killed (the only way to stop a stuck
-Python call) and replaced, the pair scores 0, and the rest of the worker's chunk is
-re-queued. `concurrent.futures.ProcessPoolExecutor` cannot kill a single task, hence this
-small pool of worker processes, one duplex pipe each (a per-worker pipe, unlike a shared
-queue, cannot be corrupted by killing its reader mid-read).
+Rule-based rewards (DeepSeek-R1, Guo et al. 2025, Sec. 2.2.2) call sympy (math_verify) and
+third-party scorers (reasoning-gym), which can hang or blow up on adversarial model output.
+Training must not stall or crash on that, so each (sample, reward function) pair gets a
+deadline: if it does not finish within `timeout_s`, its worker process is killed (the only
+way to stop a stuck Python call) and replaced, the pair scores 0, and the rest of the
+worker's chunk is re-queued. `concurrent.futures.ProcessPoolExecutor` cannot kill a single
+task, hence this small pool of worker processes, one duplex pipe each (a per-worker pipe,
+unlike a shared queue, cannot be corrupted by killing its reader mid-read).
 
 Workers are fresh interpreters started with `subprocess` (fork+exec, i.e. no fork of the
 trainer's state: the trainer runs JAX, which is multithreaded, and a plain fork of a
@@ -17,10 +17,7 @@ notebooks and `python -m`. The parent's sys.path is sent to each worker, and rew
 functions are sent by reference (module + name), so they must live in an importable module
 (not `__main__`).
 
-Protocol: worker -> ("ready", pid) once warm; parent -> a chunk [(i, fn_indices,
-completion, example), ...]; worker -> ("r", i, f, value, error) per (sample, function), in
-order, so the parent knows which pair is running and when it started; parent -> None to
-stop.
+Worker side and protocol: r1jax/rewards/pool_worker.py.
 """
 
 from __future__ import annotations
@@ -34,19 +31,17 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import threading
 import time
-import traceback
 import weakref
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from absl import logging
 
-from r1jax.rewards import registry
+from r1jax.rewards import pool_worker, registry
 
 # Samples per chunk sent to a worker (upper bound; small batches use smaller chunks so
 # that every worker gets some work).
@@ -79,64 +74,6 @@ def _snippet(text: str, n: int = 160) -> str:
   return f"{text[:n // 2]!r} ... {text[-n // 2:]!r} ({len(text)} chars)"
 
 
-def _call(fn, completion: str, example: dict, kwargs: dict
-          ) -> tuple[float, Optional[tuple[str, str]]]:
-  """Run one reward function; never raises. Returns (value, None) or (0.0, (kind, detail))."""
-  try:
-    value = float(fn(completion, example, **kwargs))
-    if not math.isfinite(value):
-      raise ValueError(f"reward function returned a non-finite value {value}")
-    return value, None
-  except Exception as e:  # pylint: disable=broad-except
-    return 0.0, (type(e).__name__, traceback.format_exc(limit=-4)[-2000:])
-
-
-def _watch_parent(parent_pid: int) -> None:
-  """Worker-side thread: exit when the parent is gone. The parent's atexit hook only runs on
-  a clean exit, and EOF on the pipe is only seen between chunks, so a SIGKILLed trainer
-  would otherwise leave a busy or hung worker behind."""
-  while True:
-    time.sleep(1.0)
-    if os.getppid() != parent_pid:
-      os._exit(0)  # pylint: disable=protected-access
-
-
-def _worker_main(conn, fns: list, kwargs: list[dict], warmups: list, parent_pid: int) -> None:
-  """Worker loop: warm up, report ready, then score chunks until told to stop."""
-  # Ctrl-C goes to the whole process group; the parent decides how to shut down.
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-  for warm in warmups:
-    try:
-      warm()
-    except Exception as e:  # pylint: disable=broad-except
-      conn.send(("warn", f"reward warm-up {warm.__qualname__} failed: {e!r}"))
-  conn.send(("ready", os.getpid()))
-  while True:
-    try:
-      chunk = conn.recv()
-    except (EOFError, OSError):
-      return
-    if chunk is None:
-      return
-    for i, fidx, completion, example in chunk:
-      for f in fidx:
-        value, err = _call(fns[f], completion, example, kwargs[f])
-        conn.send(("r", i, f, value, err))
-
-
-def _worker_entry(fd: int) -> None:
-  """Entry point of a worker interpreter (`python -c ...`); `fd` is its end of the pipe."""
-  conn = multiprocessing.connection.Connection(fd)
-  parent_path = conn.recv()  # plain strings: readable before any user module is importable
-  sys.path[:] = parent_path + [p for p in sys.path if p not in parent_path]
-  payload = conn.recv()  # unpickling imports the reward functions' modules
-  _worker_main(conn, *payload)
-
-
-_WORKER_CMD = ("import sys; from r1jax.rewards.pool import _worker_entry; "
-               "_worker_entry(int(sys.argv[1]))")
-
 # Live computers, closed at interpreter exit (workers are not multiprocessing daemons).
 _LIVE: "weakref.WeakSet[RewardComputer]" = weakref.WeakSet()
 
@@ -145,34 +82,6 @@ _LIVE: "weakref.WeakSet[RewardComputer]" = weakref.WeakSet()
 def _close_all() -> None:
   for rc in list(_LIVE):
     rc.close()
-
-
-class _Worker:
-  """Parent-side handle of one worker process."""
-
-  def __init__(self, slot: int, proc: subprocess.Popen, conn):
-    self.slot = slot
-    self.proc = proc
-    self.conn = conn
-    self.ready = False
-    self.started = time.monotonic()
-    self.pending: collections.deque = collections.deque()  # (i, f) not yet reported, in order
-    self.last_progress = 0.0  # when the head of `pending` started (parent clock)
-
-  def alive(self) -> bool:
-    return self.proc.poll() is None
-
-  def kill(self) -> None:
-    """SIGKILL the process, reap it and release its pipe."""
-    try:
-      self.proc.kill()
-      self.proc.wait(timeout=5.0)
-    except (OSError, subprocess.TimeoutExpired):
-      pass
-    try:
-      self.conn.close()
-    except OSError:
-      pass
 
 
 @dataclasses.dataclass
@@ -213,9 +122,15 @@ class RewardComputer:
   earlier). Reward functions never make a call raise: an exception scores 0, sets
   `errors` and is logged once per (function, exception type).
 
+  Each function's start-up check (registry.STARTUP_CHECKS, e.g. the code reward's sandbox
+  probe) runs here, in the calling process, before any worker starts; its figures join
+  `stats()`. `heldout_accuracy` scores with the shared held-out scorer in the same workers.
+
   Raises:
     ValueError: bad spec, unknown names in fn_kwargs, kwargs the function does not accept,
-      a function that cannot be sent to a worker (lambda / local function), num_workers < 0.
+      a function that cannot be sent to a worker (lambda / local function), num_workers < 0,
+      or a start-up check's ValueError (e.g. an unknown sandbox mode).
+    r1jax.rewards.sandbox.SandboxUnavailable: the code reward's isolation is unavailable.
     RuntimeError (from calls): workers that repeatedly fail to start; use after close().
   """
 
@@ -250,6 +165,17 @@ class RewardComputer:
         inspect.signature(fn).bind("", {}, **kw)
       except TypeError as e:
         raise ValueError(f"fn_kwargs {kw} do not fit reward function {name!r}: {e}") from None
+    # Checks that must pass before any sample is scored (e.g. the code sandbox's isolation),
+    # run here in the trainer: a failure stops the run at start-up instead of scoring 0s.
+    self.startup_metrics: dict[str, float] = {}
+    for name, kw in zip(self.names, self._kwargs):
+      check = registry.STARTUP_CHECKS.get(name)
+      if check is not None:
+        self.startup_metrics.update({f"{name}/{k}": v for k, v in check(kw).items()})
+    # The held-out scorer rides along as one more function (index len(names)).
+    self._fns.append(registry.HELDOUT_ACCURACY)
+    self._kwargs.append({})
+    self._fn_names = self.names + ["heldout_accuracy"]
     self.num_workers = int(num_workers)
     self.timeout_s = timeout_s
     self.chunk_size = chunk_size
@@ -258,7 +184,7 @@ class RewardComputer:
     self.restarts = 0
     self._lock = threading.Lock()
     self._closed = False
-    self._workers: list[_Worker] = []
+    self._workers: list[pool_worker.WorkerProcess] = []
     self._start_failures = [0] * self.num_workers
     if self.num_workers:
       try:
@@ -277,23 +203,23 @@ class RewardComputer:
 
   # ---------------------------------------------------------------- lifecycle
 
-  def _spawn(self, slot: int) -> _Worker:
+  def _spawn(self, slot: int) -> pool_worker.WorkerProcess:
     parent_conn, child_conn = multiprocessing.Pipe(duplex=True)
     fd = child_conn.fileno()
     pkg_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([pkg_root] + [p for p in [env.get("PYTHONPATH")] if p])
-    proc = subprocess.Popen([sys.executable, "-c", _WORKER_CMD, str(fd)], pass_fds=(fd,),
-                            stdin=subprocess.DEVNULL, env=env, close_fds=True)
+    proc = subprocess.Popen([sys.executable, "-c", pool_worker.WORKER_CMD, str(fd)],
+                            pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env, close_fds=True)
     child_conn.close()  # so that the parent sees EOF when the child dies
     try:
       parent_conn.send(list(sys.path))
       parent_conn.send((self._fns, self._kwargs, self._warmups, os.getpid()))
     except OSError:
       pass  # died at once: seen as EOF by the next wait
-    return _Worker(slot, proc, parent_conn)
+    return pool_worker.WorkerProcess(slot, proc, parent_conn)
 
-  def _replace(self, w: _Worker) -> None:
+  def _replace(self, w: pool_worker.WorkerProcess) -> None:
     """Kill worker `w` and start a fresh one in its slot."""
     w.kill()
     self.restarts += 1
@@ -355,7 +281,9 @@ class RewardComputer:
     Returns:
       {"timeouts": pairs that missed the deadline, "errors": pairs that raised or whose
       worker died, "worker_crashes": workers that exited while scoring, "worker_restarts":
-      workers replaced (timeouts and crashes), "timeouts/<name>": per function}.
+      workers replaced (timeouts and crashes), "timeouts/<name>": per function, and the
+      start-up checks' figures, e.g. "code/sandbox_level" (2 nsjail+cgroup, 1 nsjail, 0 none:
+      the code sandbox's isolation in effect)}.
     """
     out = {"timeouts": sum(self.timeout_counts.values()),
            "errors": sum(self.error_counts.values()),
@@ -363,6 +291,7 @@ class RewardComputer:
                                  if kind == "WorkerDied"),
            "worker_restarts": self.restarts}
     out.update({f"timeouts/{n}": c for n, c in self.timeout_counts.items()})
+    out.update(self.startup_metrics)
     return out
 
   def _check_open(self) -> None:
@@ -384,21 +313,39 @@ class RewardComputer:
       RuntimeError: closed, or a worker failed to start MAX_START_FAILURES times in a row
         (the computer is then closed).
     """
+    nf = len(self.names)
+    st = self._score(completions, examples, tuple(range(nf)))
+    per_function = {name: st.values[f] for f, name in enumerate(self.names)}
+    total = (self.weights[:, None] * st.values[:nf]).sum(axis=0).astype(np.float32)
+    return RewardResult(total, per_function, st.timed_out, st.errors)
+
+  def heldout_accuracy(self, completions: Sequence[str], examples: Sequence[dict]
+                       ) -> np.ndarray:
+    """Held-out correctness of N completions by `accuracy.heldout_accuracy`, the scorer the
+    GRPO stage's in-loop evaluation and the eval stage share (whatever this computer's spec
+    and options), in the same workers and with the same per-sample timeout.
+
+    Returns:
+      [N] float32 of 1.0 / 0.0 (0.0 where it timed out or raised).
+    Raises:
+      As `__call__`.
+    """
+    return self._score(completions, examples, (len(self.names),)).values[len(self.names)]
+
+  def _score(self, completions, examples, fidx: tuple[int, ...]) -> _CallState:
     if len(completions) != len(examples):
       raise ValueError(f"{len(completions)} completions but {len(examples)} examples")
-    n, nf = len(completions), len(self.names)
-    st = _CallState(completions, examples, np.zeros((nf, n), np.float32),
+    n = len(completions)
+    st = _CallState(completions, examples, np.zeros((len(self._fns), n), np.float32),
                     np.zeros(n, bool), np.zeros(n, bool),
-                    collections.deque((i, tuple(range(nf))) for i in range(n)), n * nf)
+                    collections.deque((i, fidx) for i in range(n)), n * len(fidx))
     with self._lock:
       self._check_open()
       if self.num_workers == 0:
         self._run_inline(st)
       else:
         self._run_pool(st)
-    per_function = {name: st.values[f] for f, name in enumerate(self.names)}
-    total = (self.weights[:, None] * st.values).sum(axis=0).astype(np.float32)
-    return RewardResult(total, per_function, st.timed_out, st.errors)
+    return st
 
   def _record(self, st: _CallState, i: int, f: int, value: float,
               err: Optional[tuple[str, str]]) -> None:
@@ -407,17 +354,18 @@ class RewardComputer:
     if err is not None:
       st.errors[i] = True
       kind, detail = err
-      key = (self.names[f], kind)
+      key = (self._fn_names[f], kind)
       self.error_counts[key] += 1
       if self.error_counts[key] == 1:  # once per function and kind
         logging.warning("reward %r raised %s on sample %d (task=%s), scored 0 (logged once "
-                        "per function/kind). completion: %s\n%s", self.names[f], kind, i,
+                        "per function/kind). completion: %s\n%s", self._fn_names[f], kind, i,
                         st.examples[i].get("task"), _snippet(st.completions[i]), detail)
 
   def _run_inline(self, st: _CallState) -> None:
     for i, fidx in st.todo:
       for f in fidx:
-        value, err = _call(self._fns[f], st.completions[i], st.examples[i], self._kwargs[f])
+        value, err = pool_worker.call_reward(self._fns[f], st.completions[i], st.examples[i],
+                                             self._kwargs[f])
         self._record(st, i, f, value, err)
     st.todo.clear()
 
@@ -481,7 +429,7 @@ class RewardComputer:
             and now > w.last_progress + self.timeout_s and st is not None):
         self._on_timeout(st, w, now)
 
-  def _drain(self, st: Optional[_CallState], w: _Worker) -> bool:
+  def _drain(self, st: Optional[_CallState], w: pool_worker.WorkerProcess) -> bool:
     """Read every available message of `w`. Returns False if its process is gone."""
     try:
       while w.conn.poll():
@@ -503,7 +451,7 @@ class RewardComputer:
       return False
     return True
 
-  def _requeue_rest(self, st: _CallState, w: _Worker) -> None:
+  def _requeue_rest(self, st: _CallState, w: pool_worker.WorkerProcess) -> None:
     """Put the pairs of `w` after the head back at the front of the queue, grouped by sample."""
     rest = list(w.pending)[1:]
     w.pending.clear()
@@ -512,9 +460,9 @@ class RewardComputer:
       groups.setdefault(i, []).append(f)
     st.todo.extendleft(reversed([(i, tuple(fs)) for i, fs in groups.items()]))
 
-  def _on_timeout(self, st: _CallState, w: _Worker, now: float) -> None:
+  def _on_timeout(self, st: _CallState, w: pool_worker.WorkerProcess, now: float) -> None:
     i, f = w.pending[0]
-    name = self.names[f]
+    name = self._fn_names[f]
     st.values[f, i] = 0.0
     st.timed_out[i] = True
     st.remaining -= 1
@@ -525,7 +473,7 @@ class RewardComputer:
     self._requeue_rest(st, w)
     self._replace(w)
 
-  def _on_death(self, st: Optional[_CallState], w: _Worker) -> None:
+  def _on_death(self, st: Optional[_CallState], w: pool_worker.WorkerProcess) -> None:
     """Worker exited unexpectedly (or never became ready): blame the running pair, requeue
     the rest, respawn."""
     if self._workers[w.slot] is not w:

@@ -1,8 +1,9 @@
-"""Registry of reward functions and the "name:weight,..." spec string (R1_SPEC section 3).
+"""Registry of reward functions and the "name:weight,..." spec string.
 
 A reward function has the signature `fn(completion: str, example: dict, **kwargs) -> float`.
 The total reward is a weighted sum, e.g. "accuracy:1.0,format:0.2" is
-r = r_acc + 0.2 * r_fmt_eff, the graded form of R1_SPEC section 3 with lambda = 0.2.
+r = r_acc + 0.2 * r_fmt_eff (DeepSeek-R1, Guo et al. 2025, Sec. 2.2.2: accuracy plus format
+rewards; docs/method.md, "Rewards").
 
 Functions run in worker processes (r1jax.rewards.pool) and are sent there by reference
 (module + name), so they must be module-level functions: the worker imports their module,
@@ -14,26 +15,31 @@ from __future__ import annotations
 import math
 from typing import Callable, Optional
 
-from r1jax.rewards.accuracy import accuracy as _accuracy
-from r1jax.rewards.accuracy import warmup as _accuracy_warmup
-from r1jax.rewards.code import code_reward as _code_reward
-from r1jax.rewards.code import warmup as _code_warmup
-from r1jax.rewards.format import format_reward as _format_reward
+from r1jax.rewards import accuracy as accuracy_lib
+from r1jax.rewards import code as code_lib
+from r1jax.rewards.format import format_reward
 
 RewardFn = Callable[..., float]
 
 REWARD_FUNCTIONS: dict[str, RewardFn] = {}
 # Optional per-function start-up hooks (heavy imports) run once by each worker process.
 WARMUPS: dict[str, Callable[[], None]] = {}
+# Optional per-function checks run once in the trainer when a reward pool is made:
+# check(fn_kwargs) -> {metric: value}; raising stops the run before training starts (a
+# reward that cannot work must not silently score 0, e.g. a missing sandbox).
+STARTUP_CHECKS: dict[str, Callable[[dict], dict[str, float]]] = {}
 
 
-def register(name: str, *, warmup: Optional[Callable[[], None]] = None
+def register(name: str, *, warmup: Optional[Callable[[], None]] = None,
+             startup_check: Optional[Callable[[dict], dict[str, float]]] = None
              ) -> Callable[[RewardFn], RewardFn]:
   """Decorator registering `fn` in REWARD_FUNCTIONS under `name`.
 
   Args:
     name: spec name (non-empty; no ',' or ':').
     warmup: optional zero-argument hook each reward worker runs once at start-up.
+    startup_check: optional hook run once in the trainer process with the function's
+      keyword arguments when a RewardComputer is made (see STARTUP_CHECKS).
   Returns:
     The decorator (it returns the function unchanged).
   Raises:
@@ -51,6 +57,8 @@ def register(name: str, *, warmup: Optional[Callable[[], None]] = None
     REWARD_FUNCTIONS[name] = fn
     if warmup is not None:
       WARMUPS[name] = warmup
+    if startup_check is not None:
+      STARTUP_CHECKS[name] = startup_check
     return fn
 
   return deco
@@ -91,6 +99,9 @@ def parse_reward_spec(spec: str) -> list[tuple[str, float]]:
   return out
 
 
-register("accuracy", warmup=_accuracy_warmup)(_accuracy)
-register("format")(_format_reward)
-register("code", warmup=_code_warmup)(_code_reward)
+register("accuracy", warmup=accuracy_lib.warmup)(accuracy_lib.accuracy)
+register("format")(format_reward)
+register("code", warmup=code_lib.warmup, startup_check=code_lib.startup_check)(
+    code_lib.code_reward)
+# The held-out scorer shared by training and evaluation (RewardComputer.heldout_accuracy).
+HELDOUT_ACCURACY: RewardFn = accuracy_lib.heldout_accuracy

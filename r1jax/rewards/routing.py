@@ -1,5 +1,5 @@
 """All-scenario rewards (R1 stage 4): rule rewards for reasoning prompts, reward models for
-general ones (arXiv:2501.12948 section 2.3.4; R1_SPEC sections 1 and 3).
+general ones (DeepSeek-R1, Guo et al. 2025, Sec. 2.3.4; docs/method.md, "Rewards").
 
 Each example has a kind, "reasoning" (default) or "general", read from `example["kind"]` or
 `example["metadata"]["kind"]` (a JSONL prompt record's top-level "kind" lands there; see
@@ -13,22 +13,23 @@ total = helpfulness_weight * r_help + harmlessness_weight * r_harm.
 
 The reward models run in JAX in the trainer process (not in the reward worker pool, which
 would need its own copy of the model per worker): `RewardModelScorer` tokenises (prompt,
-response) exactly as the reward_model stage trained on (r1jax.data.preference_data), sorts
-by length, pads rows to a fixed batch and lengths to power-of-two buckets (few compiles), and
-runs a jitted scoring forward on this process's devices.
+response) with the encoder it is given, which must be the one the reward_model stage trained
+with (r1jax.data.preference_data.encode_scoring_input; passed in, so that this module does
+not depend on the data layer), sorts by length, pads rows to a fixed batch and lengths to
+power-of-two buckets (few compiles), and runs a jitted scoring forward on this process's
+devices.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
 from r1jax import sharding as shd
-from r1jax.data.preference_data import encode_scoring_input, fit_pair_sequence
 from r1jax.models import reward_model as rm_lib
 from r1jax.rewards.pool import RewardResult
 
@@ -56,8 +57,8 @@ def example_kind(example: dict, default: str = "reasoning") -> str:
 
 def final_summary(text: str, markers: Sequence[str] = DEFAULT_SUMMARY_MARKERS) -> str:
   """The summary part of an R1-format response: the text after the last occurrence of any
-  marker, stripped; the whole text when no marker occurs (R1_SPEC section 4 format
-  `|special_token|<reasoning>|special_token|<summary>`)."""
+  marker, stripped; the whole text when no marker occurs (the R1 output format
+  `|special_token|<reasoning>|special_token|<summary>`, Guo et al. 2025, Sec. 2.3.1)."""
   best = -1
   cut = 0
   for m in markers:
@@ -72,6 +73,9 @@ class RewardModelScorer:
 
   Args:
     path: a reward model directory (the reward_model stage's run_dir/reward_model).
+    encode_fn: (tokenizer, prompt, response, input_format) -> (ids [n] int32, number of
+      leading prompt tokens): the reward_model stage's input encoding
+      (r1jax.data.preference_data.encode_scoring_input).
     batch_size: sequences per jitted call (rounded up to a multiple of the batch shards).
     max_len: token limit per sequence (0 = the RM's training seq_len). Longer inputs lose
       prompt tokens from the left, then response tokens from the left (the score is read at
@@ -85,9 +89,11 @@ class RewardModelScorer:
     FileNotFoundError / ValueError: as r1jax.models.reward_model.load_reward_model.
   """
 
-  def __init__(self, path: str, *, batch_size: int = 16, max_len: int = 0, mesh=None,
-               rules: Optional[dict] = None, dtype: Optional[str] = None, min_bucket: int = 16):
+  def __init__(self, path: str, *, encode_fn: Callable, batch_size: int = 16, max_len: int = 0,
+               mesh=None, rules: Optional[dict] = None, dtype: Optional[str] = None,
+               min_bucket: int = 16):
     self.path = path
+    self.encode_fn = encode_fn
     self.cfg, params, self.tokenizer, meta = rm_lib.load_reward_model(path, dtype=dtype)
     self.fmt = meta["input_format"]
     self.max_len = int(max_len or meta["max_len"])
@@ -110,10 +116,10 @@ class RewardModelScorer:
 
   def encode(self, prompt: str, response: str) -> np.ndarray:
     """Token ids [n <= max_len] int32 of one (prompt, response) input."""
-    ids, n_prompt = encode_scoring_input(self.tokenizer, prompt, response, self.fmt)
-    fit = fit_pair_sequence(ids, n_prompt, self.max_len, "truncate")
-    if fit is None:
-      fit = ids[len(ids) - self.max_len:]
+    ids, _ = self.encode_fn(self.tokenizer, prompt, response, self.fmt)
+    # Too long: keep the last max_len tokens (the prompt goes first; the score is read at
+    # the end).
+    fit = ids[max(0, len(ids) - self.max_len):]
     if len(fit) < len(ids):
       self.stats["truncated"] += 1
     return fit
@@ -234,6 +240,12 @@ class RoutedRewards:
         total[gen_idx] += weight * r
     return RewardResult(total.astype(np.float32), per_function, timed_out, errors)
 
+  def heldout_accuracy(self, completions: Sequence[str], examples: Sequence[dict]
+                       ) -> np.ndarray:
+    """[N] float32 held-out correctness by the rule pool's shared scorer
+    (RewardComputer.heldout_accuracy), for every kind of example."""
+    return self.rules.heldout_accuracy(completions, examples)
+
   def stats(self) -> dict[str, Any]:
     """The rule pool's counters plus the scorers' (scored / truncated inputs)."""
     out = dict(self.rules.stats()) if hasattr(self.rules, "stats") else {}
@@ -248,8 +260,9 @@ class RoutedRewards:
       scorer.close()
 
 
-def routed_rewards_from_config(rewards_config, rule_rewards, *, mesh=None, rules=None,
-                               dtype: Optional[str] = None) -> RoutedRewards:
+def routed_rewards_from_config(rewards_config, rule_rewards, *, encode_fn: Callable,
+                               mesh=None, rules=None, dtype: Optional[str] = None
+                               ) -> RoutedRewards:
   """RoutedRewards from a GRPO config's `rewards` block.
 
   Reads helpfulness_rm / harmlessness_rm (directories, "" = unused), helpfulness_weight,
@@ -259,14 +272,14 @@ def routed_rewards_from_config(rewards_config, rule_rewards, *, mesh=None, rules
   Args:
     rewards_config: the ConfigDict block.
     rule_rewards: the RewardComputer of the rule rewards.
-    mesh, rules, dtype: passed to RewardModelScorer.
+    encode_fn, mesh, rules, dtype: passed to RewardModelScorer.
   Raises:
     ValueError: neither path set, or bad values; FileNotFoundError: a path that is not a
       reward model directory.
   """
   get = lambda k, d: rewards_config.get(k, d)  # noqa: E731
-  kw = dict(batch_size=int(get("rm_batch_size", 16)), max_len=int(get("rm_max_len", 0)),
-            mesh=mesh, rules=rules, dtype=dtype)
+  kw = dict(encode_fn=encode_fn, batch_size=int(get("rm_batch_size", 16)),
+            max_len=int(get("rm_max_len", 0)), mesh=mesh, rules=rules, dtype=dtype)
   paths = {name: str(get(f"{name}_rm", "") or "") for name in ("helpfulness", "harmlessness")}
   try:
     scorers = {name: RewardModelScorer(p, **kw) if p else None for name, p in paths.items()}

@@ -152,8 +152,7 @@ def run(config) -> dict[str, Any]:
       stop_sequences=sampling.stop_sequences_for(tok, split_list(config.sampling.stop_strings)))
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32)
   rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,
-                           timeout_s=config.reward_timeout_s,
-                           fn_kwargs={"accuracy": {"binary": True}})
+                           timeout_s=config.reward_timeout_s)
   base_key = jax.random.key(config.seed)
   total = sum(len(v) for v in datasets.values())
   bar = tqdm(total=total, initial=sum(1 for k in done if k[0] in datasets), desc="eval",
@@ -175,10 +174,9 @@ def run(config) -> dict[str, Any]:
           key = jax.random.fold_in(base_key, int(hashlib.sha1(chunk[0]["id"].encode())
                                                  .hexdigest()[:7], 16))
           out = sampler(params, prompts, key, num_samples=n, sampling=sp)
-          texts = [[prefix + tok.decode(out.tokens[b, g, :out.lengths[b, g]])
-                    for g in range(n)] for b in range(len(chunk))]
-          res = rewards([t for ts in texts for t in ts], [ex for ex in chunk for _ in range(n)])
-          acc = res.per_function["accuracy"].reshape(len(chunk), n)
+          texts = sampling.decode_completions(tok, out, sp, prefix)
+          acc = rewards.heldout_accuracy([t for ts in texts for t in ts],
+                                         [ex for ex in chunk for _ in range(n)]).reshape(-1, n)
           for b, ex in enumerate(chunk):
             answers = [extract_answer(t) for t in texts[b]]
             voted, votes = majority_vote(answers)

@@ -215,10 +215,8 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
       chunk = examples[i:i + config.eval.batch_size]
       out = sampler(params, [ex["prompt_ids"] for ex in chunk], jax.random.fold_in(key, i),
                     num_samples=1, sampling=sp)
-      texts = [prefix + tok.decode(out.tokens[b, 0, :out.lengths[b, 0]])
-               for b in range(len(chunk))]
-      res = rewards(texts, chunk)
-      acc.extend(res.per_function.get("accuracy", np.zeros(len(chunk))).tolist())
+      texts = [row[0] for row in sampling.decode_completions(tok, out, sp, prefix)]
+      acc.extend(rewards.heldout_accuracy(texts, chunk).tolist())
       fmt.extend(format_ok(t) for t in texts)
       lens.extend(out.lengths[:, 0].tolist())
       if mode == "greedy" and i == 0:
@@ -311,7 +309,8 @@ def run(config) -> dict[str, Any]:
   prefix = response_prefix(config.data.template)
   from r1jax.rewards.registry import parse_reward_spec
   in_spec = {name for name, _ in parse_reward_spec(config.rewards.spec)}
-  reward_kwargs = {"format": {"full": config.rewards.format_full,
+  reward_kwargs = {"accuracy": {"partial_credit": config.rewards.get("partial_credit", False)},
+                   "format": {"full": config.rewards.format_full,
                               "partial": config.rewards.format_partial},
                    "code": {"binary": config.rewards.code_binary,
                             "timeout_s": config.rewards.code_test_timeout_s,
@@ -322,8 +321,10 @@ def run(config) -> dict[str, Any]:
                            timeout_s=config.rewards.timeout_s, fn_kwargs=reward_kwargs)
   if config.rewards.get("helpfulness_rm") or config.rewards.get("harmlessness_rm"):
     # All-scenario RL (R1 stage 4): reward models score the prompts of kind "general".
+    from r1jax.data import preference_data
     from r1jax.rewards.routing import routed_rewards_from_config
-    rewards = routed_rewards_from_config(config.rewards, rewards)
+    rewards = routed_rewards_from_config(config.rewards, rewards,
+                                         encode_fn=preference_data.encode_scoring_input)
   checkpointer = trainer_lib.Checkpointer(ckpt_dir, keep=config.checkpoint.keep)
   writer = MetricsWriter(run_dir) if is_main else _NullWriter()
   data_iter = data.train_iterator(B, shard_index=pidx, shard_count=nproc)
@@ -398,6 +399,7 @@ def run(config) -> dict[str, Any]:
                       "seconds/reference": t_update - t_ref, "seconds/update": t_end - t_update,
                       "step_s": t_end - t0,
                       "rollout_tokens_per_s": float(gro.out.lengths.sum()) / ro.seconds_rollout})
+      metrics.update({f"rewards/{k}": v for k, v in rewards.stats().items()})
       writer.write(step, metrics)
       progress.update(step, metrics)
       last = dict(metrics)
@@ -449,9 +451,7 @@ def _rollout(params, sampler, sp, tok, rewards, examples, key, G, prefix) -> Rol
   ids, lengths = sampler.pad_prompts([ex["prompt_ids"] for ex in examples], process_local=True)
   out = sampler(params, (ids, lengths), key, num_samples=G, sampling=sp, process_local=True)
   t1 = time.perf_counter()
-  B = len(examples)
-  texts = [prefix + tok.decode(out.tokens[b, g, :out.lengths[b, g]])
-           for b in range(B) for g in range(G)]
+  texts = [t for row in sampling.decode_completions(tok, out, sp, prefix) for t in row]
   res = rewards(texts, [ex for ex in examples for _ in range(G)])
   return Rollout(examples, ids, lengths, out, texts, res, t1 - t0, time.perf_counter() - t1)
 

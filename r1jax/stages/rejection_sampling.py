@@ -422,8 +422,8 @@ def run(config) -> dict[str, Any]:
   in_spec = {n for n, _ in parse_reward_spec(config.verifier.spec)}
   rewards = RewardComputer(config.verifier.spec, num_workers=config.verifier.workers,
                            timeout_s=config.verifier.timeout_s,
-                           fn_kwargs={"accuracy": {"binary": True}} if "accuracy" in in_spec
-                           else {})
+                           fn_kwargs={"accuracy": {"partial_credit": False}}
+                           if "accuracy" in in_spec else {})
   judge = load_judge(config.judge.fn)
   judge_tasks = split_list(config.judge.tasks)
   fcfg = _filter_config(config)
@@ -458,8 +458,7 @@ def run(config) -> dict[str, Any]:
           # compiled shape per prompt bucket instead of one more per distinct chunk size.
           padded = [p for _, p in chunk] + [chunk[-1][1]] * (config.batch_size - len(chunk))
           out = sampler(params, padded, key, num_samples=K, sampling=sp)
-          texts = [[prefix + tok.decode(out.tokens[b, g, :out.lengths[b, g]]) for g in range(K)]
-                   for b in range(len(chunk))]
+          texts = sampling.decode_completions(tok, out, sp, prefix)[:len(chunk)]
           judged = [judge is not None and needs_judge(ex, judge_tasks) for ex, _ in chunk]
           scores = np.zeros((len(chunk), K), np.float64)
           ruled = [b for b, (ex, _) in enumerate(chunk)
