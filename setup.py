@@ -7,11 +7,12 @@ setup(
     description="DeepSeek-R1 training system in JAX: Flax decoder, group sampler, GRPO, Pallas kernels",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # JAX 0.10.2 needs 3.11; JAX 0.12 needs 3.12
     packages=find_packages(include=["r1jax", "r1jax.*"]),
     install_requires=[
-        # Tested on 0.10.2 (Python 3.11) and 0.12.x (Python >= 3.12); 0.10 is the oldest with
-        # everything the kernels and shardings use (jax.shard_map, jax.make_mesh axis_types).
+        # Tested (.ci/run) on 0.10.2, the newest JAX for Python 3.11, and 0.12.x, the newest
+        # for Python >= 3.12. Older JAX is untested; 0.13 may drop the Pallas Triton backend
+        # (deprecated in 0.12) that the GPU kernel uses.
         "jax>=0.10.2,<0.13",
         "flax>=0.10",
         "optax>=0.2",
