@@ -161,7 +161,7 @@ class Trainer:
     M = self.num_micro
     optimizer = self.optimizer
     with_frozen = self.frozen_axes is not None
-    loss_fn = self.loss_fn
+    loss_fn = shd.with_activation_sharding(self.loss_fn, self.mesh, self.rules)
 
     def update(state: TrainState, batch: dict, denominator, frozen):
       micro = jax.tree.map(lambda x: split_micro(x, M), batch)
