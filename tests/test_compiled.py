@@ -7,7 +7,7 @@ devices under the dp, fsdp and fsdp_tp presets (nothing is run):
 - jax.export of the whole jitted update for TPU and CUDA with the Pallas log-prob.
 
 The programs are built from the public pieces as the stages build them (Trainer,
-grpo.make_loss_fn / make_ref_fn, losses.sft). `python tests/test_compiled.py` prints the
+grpo.make_loss_fn / make_logprob_fn, losses.sft). `python tests/test_compiled.py` prints the
 table of FLOPs ratios and largest all-gathers as JSON (the same harness ran on the code
 before the data-parallel log-prob for docs/scaling.md).
 """
@@ -131,12 +131,12 @@ def build(program, preset, n=8, impl="chunked", platform=None):
         lambda s: jax.sharding.NamedSharding(mesh, s.spec), shardings)
   batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v), rules) for k, v in batch.items()}
   if program == "ref_forward":
-    fn = grpo_stage.make_ref_fn(CFG, mesh, 1, temperature=0.9, kernel=kernel)
+    fn = grpo_stage.make_logprob_fn(CFG, mesh, 1, temperature=0.9, kernel=kernel, rules=rules)
     return fn, (_abstract(state.params, trainer.state_shardings.params),
                 _abstract(batch, batch_sh))
-  fn = trainer._jit_update(batch)  # the update exactly as Trainer.update jits it
+  fn = trainer.jit_update(batch)  # the update exactly as Trainer.update jits it
   args = (_abstract(state, trainer.state_shardings), _abstract(batch, batch_sh),
-          jax.ShapeDtypeStruct((), jnp.float32, sharding=shd.replicated(mesh)))
+          jax.ShapeDtypeStruct((), jnp.float32, sharding=shd.replicated(mesh)), None)
   return fn, args
 
 

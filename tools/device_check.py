@@ -162,6 +162,7 @@ def grpo_step(small, prompts, samples, prompt_len, new_tokens, impl, reps):
   from r1jax import sharding as shd
   from r1jax.losses import grpo as grpo_lib
   from r1jax.stages import grpo as stage
+  from r1jax.stages import grpo_rollout
   from r1jax.train import trainer as trainer_lib
 
   if small:
@@ -192,7 +193,8 @@ def grpo_step(small, prompts, samples, prompt_len, new_tokens, impl, reps):
                                 rules=shd.rules_for("dp"))
   state = trainer.init_state(params)
   ref_params = jax.tree.map(lambda x: x.copy(), state.params)
-  ref_fn = stage.make_ref_fn(cfg, mesh, 1, temperature=1.0, kernel=kernel)
+  ref_fn = stage.make_logprob_fn(cfg, mesh, 1, temperature=1.0, kernel=kernel,
+                                  rules=shd.rules_for("dp"))
   out = {"model": name, "devices": n_dev, "prompts": B, "samples": samples,
          "prompt_len": prompt_len, "max_new_tokens": new_tokens, "impl": K.resolve_impl(impl),
          "steps": []}
@@ -202,7 +204,7 @@ def grpo_step(small, prompts, samples, prompt_len, new_tokens, impl, reps):
                  sampling=sp)
     t1 = time.perf_counter()
     adv = rng.normal(size=(B, samples)).astype(np.float32)
-    batch = stage.build_batch(ids, lengths, ro, adv, mask_truncated=False)
+    batch = grpo_rollout.build_batch(ids, lengths, ro, adv, mask_truncated=False)
     mask = batch.pop("mask")
     w, denom = grpo_lib.loss_weights(mask.reshape(B * samples, -1), gcfg.aggregation,
                                      new_tokens)
