@@ -157,7 +157,8 @@ def _scripted_rollout(rewards_by_round):
     out = sampling.SampleOutput(np.full((B, G, 3), tag, np.int32), np.ones((B, G), np.int32),
                                 np.zeros((B, G, 3), np.float32), np.ones((B, G), bool), 3)
     res = RewardResult(r.reshape(-1), {}, np.zeros(r.size, bool), np.zeros(r.size, bool))
-    return ro_lib.Rollout([{"q": (tag, b)} for b in range(B)], None, None, out,
+    examples = [{"q": (tag, b), "prompt_ids": [1, 2]} for b in range(B)]
+    return ro_lib.Rollout(examples, None, None, out,
                           [f"{tag}-{i}" for i in range(r.size)], res, 1.0, 0.5)
   return fake, calls
 

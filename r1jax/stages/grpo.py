@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -229,7 +229,7 @@ def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: fl
 
 
 def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float,
-                    kernel: dict):
+                    kernel: dict, rules: Optional[dict] = None):
   """Jitted (params, batch) -> completion log-probs [B, G, N], micro-batched like the update.
 
   Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
@@ -239,7 +239,8 @@ def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: floa
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
                                                     kernel=kernel, remat=False)[0], micro)
     return trainer_lib.merge_micro(lp)
-  return jax.jit(ref, out_shardings=shd.batch_sharding(mesh, 3))
+  return jax.jit(shd.with_activation_sharding(ref, mesh, rules or shd.DEFAULT_RULES),
+                 out_shardings=shd.batch_sharding(mesh, 3))
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -325,8 +326,11 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   gcfg = s.grpo
   optimizer, schedule = trainer_lib.make_optimizer(settings_lib.optimizer_config(
       config, decay_steps=config.steps, updates_per_step=rl.num_iterations))
-  kernel = kernel_lib.kwargs_from_config(config.kernels, mesh,
-                                         shd.batch_sharding(mesh, 1).spec[0])
+  kernel = kernel_lib.kwargs_from_config(
+      config.kernels, mesh, shd.batch_sharding(mesh, 1, rules).spec[0],
+      # d W of the fused log-prob is reduce-scattered straight into the head's own layout.
+      weight_spec=shd.logical_to_spec(("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size),
+                                      mesh, rules))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
   trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
@@ -337,7 +341,7 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   state = trainer.init_state(loaded.params)
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
-                               kernel=kernel)
+                               kernel=kernel, rules=rules)
   # The sampler may lay the same params out differently (e.g. replicated for decoding while
   # the trainer keeps them FSDP-sharded), on other devices, in another dtype: an explicit
   # reshard (a copy when the update would donate them) before each rollout.
