@@ -151,6 +151,7 @@ def async_run(tmp_path_factory):
   return c
 
 
+@pytest.mark.slow  # end-to-end stage runs on 8 devices (several minutes on 2 cores)
 def test_async_first_step_is_the_synchronous_step_then_one_update_stale(tmp_path, async_run):
   sync = _tiny_config(tmp_path, steps=2, **dict(ASYNC, **{"rl.async_rollouts": False,
                                                           "rl.rollout_devices": 0}))
@@ -174,6 +175,7 @@ def test_async_first_step_is_the_synchronous_step_then_one_update_stale(tmp_path
   assert a[1]["seconds/wait_rollout"] < a[0]["seconds/wait_rollout"]
 
 
+@pytest.mark.slow  # end-to-end stage runs on 8 devices (several minutes on 2 cores)
 def test_async_resume_mid_run_equals_the_uninterrupted_run(tmp_path, async_run):
   """A crash after step 2's checkpoint: the resumed run trains step 3 on the pending
   rollout from the checkpoint (sampled with theta_1), exactly as the uninterrupted run."""
