@@ -4,7 +4,7 @@ rollouts, measured in one process on fake CPU devices.
 python tools/bench_async_rollouts.py [--devices 8] [--rollout-devices 4] [--steps 6]
     [--model tiny-random --tiny-width 256 --tiny-layers 4] [--prompts 8] [--samples 4]
     [--new-tokens 32] [--part timing,mismatch] [--mismatch-model smollm2-135m-instruct]
-    [--mismatch-steps 4]
+    [--mismatch-steps 4] [--mismatch-runs bf16_rollouts,f32_rollouts,f32_async]
 
 timing: the real GRPO stage (configs/grpo.py) under four schedules, run back to back in this
 process on the same config, data and seed:
@@ -109,8 +109,9 @@ def timing(args):
 
 def mismatch(args):
   out = {}
-  for name, dtype, is_async in (("bf16_rollouts", "bfloat16", False),
-                                ("f32_rollouts", "", False), ("f32_async", "", True)):
+  runs = (("bf16_rollouts", "bfloat16", False), ("f32_rollouts", "", False),
+          ("f32_async", "", True))
+  for name, dtype, is_async in (r for r in runs if r[0] in args.mismatch_runs.split(",")):
     c = base_config(args, args.mismatch_model, args.mismatch_steps)
     c.rl.rollout_dtype = dtype
     c.rl.async_rollouts = is_async
@@ -139,6 +140,7 @@ def main():
   ap.add_argument("--part", default="timing,mismatch")
   ap.add_argument("--mismatch-model", default="smollm2-135m-instruct")
   ap.add_argument("--mismatch-steps", type=int, default=4)
+  ap.add_argument("--mismatch-runs", default="bf16_rollouts,f32_rollouts,f32_async")
   args = ap.parse_args()
   os.environ["JAX_PLATFORMS"] = "cpu"
   os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
