@@ -4,7 +4,8 @@ DeepSeekMath, section 4.1; docs/method.md "GRPO objective" and "Rewards").
 One step: prompts (grain; each process its block) -> group rollouts (each prompt prefilled
 once, G samples; r1jax.stages.grpo_rollout) -> rewards (process pool with timeouts) -> group
 advantages -> reference log-probs (when beta > 0) -> mu jitted, sharded updates with exact
-gradient accumulation -> metrics and samples. Resume, held-out evaluation, checkpoints, the
+gradient accumulation -> metrics and samples. With lora.rank > 0 only LoRA adapters train and
+the reference is the frozen base with adapters off (r1jax.train.adapters). Resume, held-out evaluation, checkpoints, the
 collective stop and the finite-update guard come from the loop (r1jax.train.loop).
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import numpy as np
@@ -27,11 +28,13 @@ from r1jax.data.templates import response_prefix
 from r1jax.kernels import logprob as kernel_lib
 from r1jax.kernels.logprob import token_logprobs
 from r1jax.losses import grpo as grpo_lib
-from r1jax.models.config import ModelConfig
+from r1jax.models import lora as lora_lib
+from r1jax.models.config import LoraConfig, ModelConfig
 from r1jax.rewards import RewardComputer, format_ok, registry
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
 from r1jax.train import loop
+from r1jax.train import adapters as adapters_lib
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
 
@@ -52,6 +55,7 @@ class Settings:
   micro_batch_prompts: int
   reward_spec: tuple
   reward_kwargs: dict
+  lora: Optional[LoraConfig] = None
 
   @property
   def num_micro(self) -> int:
@@ -123,9 +127,14 @@ def validate_config(config) -> Settings:
     if rl.dynamic_sampling:
       raise ValueError("rl.dynamic_sampling is single-process only for now (the refill "
                        "decision would need every process's rewards)")
-  return Settings(settings_lib.ModelSettings.from_config(config),
-                  settings_lib.ParallelSettings.from_config(config), gcfg,
-                  int(rl.prompts_per_step), int(G), int(rl.micro_batch_prompts), spec, kwargs)
+  model = settings_lib.ModelSettings.from_config(config)
+  lora = lora_lib.from_config(config.get("lora"))
+  if lora is not None:  # the frozen base is loaded in lora.base_dtype
+    model = dataclasses.replace(model, param_dtype=lora_lib.base_dtype(config.lora,
+                                                                      model.param_dtype))
+  return Settings(model, settings_lib.ParallelSettings.from_config(config), gcfg,
+                  int(rl.prompts_per_step), int(G), int(rl.micro_batch_prompts), spec, kwargs,
+                  lora)
 
 
 # ---------------------------------------------------------------------- the loss
@@ -137,8 +146,10 @@ def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: floa
   completion positions go through the LM head (kernels.logprob: no [tokens, V] logits;
   `kernel` = kernels.logprob.kwargs_from_config(config.kernels, ...)).
   """
+  # LoRA dropout (training forward only): one key per micro-batch from its first row's seed.
+  rng = jax.random.key(mb["lora_seed"][0]) if "lora_seed" in mb else None
   hp, hc = models.forward_grouped(params, cfg, mb["prompt_tokens"], mb["prompt_lengths"],
-                                  mb["completion"], remat=remat)
+                                  mb["completion"], remat=remat, dropout_rng=rng)
   h = models.completion_predictors(hp, mb["prompt_lengths"], hc)
   b, G, N, D = h.shape
   logp, ent = token_logprobs(h.reshape(b * G, N, D), models.lm_head_weight(params, cfg),
@@ -244,7 +255,8 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                      f"the mesh's batch shards ({shd.batch_divisor(mesh, rules)})")
 
   loaded = s.model.load()
-  cfg, tok = loaded.config, loaded.tokenizer
+  policy = adapters_lib.TrainedPolicy.create(loaded.config, s.lora, config.param_dtype)
+  cfg, tok = policy.cfg, loaded.tokenizer
   data = PromptData(config.data, tok)
   max_len = config.data.max_prompt_tokens + rl.max_new_tokens
   if max_len > cfg.max_position_embeddings:
@@ -257,22 +269,23 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                          shd.batch_sharding(mesh, 1).spec[0])
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
-  trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
-                                s.num_micro, rules=rules)
-  # The reference gets its own buffers: the policy's are donated to each update.
-  ref_params = (jax.tree.map(lambda x: x.copy(), trainer.shard_params(loaded.params))
-                if gcfg.beta > 0 else None)
-  state = trainer.init_state(loaded.params)
+  trainer = policy.trainer(mesh, loss_fn, optimizer, s.num_micro, rules)
+  # Full fine-tuning: the reference is a copy of the starting params; LoRA: the frozen base.
+  state, ref_params = policy.init(trainer, loaded.params, config.seed, reference=gcfg.beta > 0)
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
                                kernel=kernel)
+  ref_logprob_fn = (logprob_fn if policy.base_cfg == cfg else make_logprob_fn(
+      policy.base_cfg, mesh, s.num_micro, temperature=rl.temperature, kernel=kernel))
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh,
                              rules=sampler_rules)
   # The sampler may lay the same params out differently (e.g. replicated for decoding while
   # the trainer keeps them FSDP-sharded): an explicit reshard before each rollout.
-  sampler_shardings = (shd.tree_shardings(trainer.param_axes, state.params, mesh, sampler_rules)
+  sampler_shardings = (shd.tree_shardings(policy.logical_axes(), policy.params(state.params),
+                                          mesh, sampler_rules)
                        if sampler_rules != rules else None)
-  sampler_params = lambda p: p if sampler_shardings is None else shd.reshard(p, sampler_shardings)
+  sampler_params = lambda p: (policy.params(p) if sampler_shardings is None
+                              else shd.reshard(policy.params(p), sampler_shardings))
   sp = sampling.SamplingParams(
       temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
       max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
@@ -302,17 +315,20 @@ def run(config, *, rewards=None) -> dict[str, Any]:
     batch["weights"] = weights.reshape(mask.shape)[mine]
     batch["metric_weights"] = grpo_lib.token_mean_weights(mask)[mine]
     batch.pop("old_logp")  # the sampler's; recomputed below with the training forward
+    seeds = policy.dropout_seeds(config.seed, step, B)
+    if seeds is not None:
+      batch["lora_seed"] = seeds[mine]
     t_ref = time.perf_counter()
     if ref_params is not None:
-      batch["ref_logp"] = logprob_fn(ref_params, trainer.shard_batch(batch))
+      batch["ref_logp"] = ref_logprob_fn(ref_params, trainer.shard_batch(batch))
       jax.block_until_ready(batch["ref_logp"])
     if rl.num_iterations > 1:
       # pi_old = the policy before the first update, through the same numerics as the loss.
-      batch["old_logp"] = logprob_fn(state.params, trainer.shard_batch(batch))
+      batch["old_logp"] = logprob_fn(policy.params(state.params), trainer.shard_batch(batch))
     t_update = time.perf_counter()
     ms = []
     for _ in range(rl.num_iterations):
-      state, m = trainer.update(state, batch, denom)
+      state, m = trainer.update(state, batch, denom, policy.frozen)
       ms.append(m)
     m = jax.tree.map(lambda *x: np.mean(x), *jax.device_get(ms))  # mean over mu updates
     t_end = time.perf_counter()
@@ -338,6 +354,8 @@ def run(config, *, rewards=None) -> dict[str, Any]:
     _, result = loop.run(settings, trainer=trainer, state=state, data=data_iter,
                          step_fn=step_fn, evaluate=evaluate_hook if eval_examples else None,
                          samples=lambda ro: ro_lib.samples(ro, config.log.num_samples),
+                         finish=lambda st, step, res: policy.export_adapters(
+                             st.params, config.run_dir, config.model),
                          config=config)
   finally:
     rewards.close()
