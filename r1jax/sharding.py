@@ -1,16 +1,26 @@
 """Device mesh and logical-axis sharding rules.
 
-Params carry logical axis names (`r1jax.models.param_logical_axes`); the rules below map
-them to the mesh axes ("data", "fsdp", "tensor"). A mesh axis is used for a dimension only
-when it divides that dimension (e.g. SmolLM2's 3 KV heads stay replicated on a tensor
-axis of 2), so one code path serves 1 CPU, 8 fake CPU devices, a GPU and a TPU pod.
+Params carry logical axis names (`r1jax.models.param_logical_axes`), activations are
+constrained by logical name at the decoder's layer boundaries (`constrain`), and the rules
+below map those names to the mesh axes ("data", "fsdp", "tensor"). A rule whose mesh axis
+does not divide the dimension never applies silently: by default it is an error naming
+the array and the rule (`on_indivisible="error"`); `"replicate"` keeps that dimension
+replicated and logs it (e.g. SmolLM2's 9 query / 3 KV heads on a tensor axis of 2).
+Activation constraints leave such a dimension to XLA instead (unconstrained).
+
+Meshes come from `jax.make_mesh` (device order that follows the TPU/GPU topology), or for
+multi-slice TPU / multi-node runs from `mesh_utils.create_hybrid_device_mesh` (`dcn`: the
+part of each axis that crosses the slower data-centre network).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import math
 import os
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -21,7 +31,13 @@ MESH_AXES = ("data", "fsdp", "tensor")
 
 Rules = dict[str, tuple[str, ...]]
 
-# logical axis -> mesh axes (tried in order, all that divide the dim are used)
+# What a rule does when its mesh axis does not divide the dimension
+# (config `sharding.on_indivisible`; stored in a rules dict under this key so that it
+# travels with the rules).
+ON_INDIVISIBLE = "on_indivisible"
+ON_INDIVISIBLE_POLICIES = ("error", "replicate")
+
+# logical axis -> mesh axes (in order; each must divide what is left of the dim)
 DEFAULT_RULES: Rules = {
     "batch": ("data", "fsdp"),
     "vocab": ("tensor",),
@@ -33,6 +49,8 @@ DEFAULT_RULES: Rules = {
     "layers": (),
     "norm": (),
     "length": (),
+    # Hidden states [batch, length, D] between layers: replicated over tensor (Megatron).
+    "activation_embed": (),
 }
 
 # Named layouts (`config.sharding.preset`). The mesh sizes (`config.mesh`) say how many
@@ -96,78 +114,224 @@ def config_rules(config, which: str = "train") -> Rules:
   """Rules of a stage config's `sharding` block (defaults when the config has none).
 
   Args:
-    config: a stage ConfigDict; reads sharding.preset / sharding.rules, and for
-      which="sampler" sharding.sampler_preset / sharding.sampler_rules ("" = as train).
+    config: a stage ConfigDict; reads sharding.preset / sharding.rules, for
+      which="sampler" sharding.sampler_preset / sharding.sampler_rules ("" = as train),
+      and sharding.on_indivisible ("error" when absent; see `logical_to_spec`).
+
+  Raises:
+    ValueError: unknown preset or policy, malformed rules.
   """
   sc = config.get("sharding") if hasattr(config, "get") else None
   if sc is None:
     return dict(DEFAULT_RULES)
   if which == "sampler" and (sc.get("sampler_preset") or sc.get("sampler_rules")):
-    return rules_for(sc.get("sampler_preset") or sc.preset, sc.get("sampler_rules", ""))
-  return rules_for(sc.preset, sc.get("rules", ""))
+    rules = rules_for(sc.get("sampler_preset") or sc.preset, sc.get("sampler_rules", ""))
+  else:
+    rules = rules_for(sc.preset, sc.get("rules", ""))
+  return with_policy(rules, sc.get(ON_INDIVISIBLE, "error"))
 
 
-def make_mesh(shape: dict[str, int] | Sequence[int], devices=None) -> Mesh:
-  """Mesh over `devices` (default: all) with axes (data, fsdp, tensor).
-
-  Args:
-    shape: sizes per axis, e.g. {"data": -1, "fsdp": 1, "tensor": 1}; one -1 takes the
-      remaining devices.
+def with_policy(rules: Rules, on_indivisible: str) -> Rules:
+  """A copy of `rules` whose indivisible-dimension policy is `on_indivisible`.
 
   Raises:
-    ValueError: the sizes do not multiply to the device count.
+    ValueError: a policy not in ON_INDIVISIBLE_POLICIES.
   """
-  devices = list(devices if devices is not None else jax.devices())
+  if on_indivisible not in ON_INDIVISIBLE_POLICIES:
+    raise ValueError(f"sharding.on_indivisible must be one of {ON_INDIVISIBLE_POLICIES}, "
+                     f"got {on_indivisible!r}")
+  return {**rules, ON_INDIVISIBLE: (on_indivisible,)}
+
+
+def _mesh_sizes(shape, n: int, what: str = "mesh") -> list[int]:
   if isinstance(shape, dict):
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
-      raise ValueError(f"unknown mesh axes {sorted(unknown)}; axes are {MESH_AXES}")
+      raise ValueError(f"unknown {what} axes {sorted(unknown)}; axes are {MESH_AXES}")
     sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
   else:
     sizes = [int(s) for s in shape]
+  if len(sizes) != len(MESH_AXES):
+    raise ValueError(f"{what} needs {len(MESH_AXES)} sizes {MESH_AXES}, got {sizes}")
   if sizes.count(-1) > 1:
-    raise ValueError(f"at most one mesh axis may be -1, got {sizes}")
+    raise ValueError(f"at most one {what} axis may be -1, got {sizes}")
   if -1 in sizes:
     rest = math.prod(s for s in sizes if s != -1)
-    if len(devices) % rest:
-      raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} does not divide {len(devices)} devices")
-    sizes[sizes.index(-1)] = len(devices) // rest
-  if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"have {len(devices)}")
-  return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
+    if n % rest:
+      raise ValueError(f"{what} {dict(zip(MESH_AXES, sizes))} does not divide {n} devices")
+    sizes[sizes.index(-1)] = n // rest
+  if any(s < 1 for s in sizes):
+    raise ValueError(f"{what} sizes must be >= 1 (or one -1), got {sizes}")
+  if math.prod(sizes) != n:
+    raise ValueError(f"{what} {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} "
+                     f"devices, have {n}")
+  return sizes
+
+
+def make_mesh(shape: dict[str, Any] | Sequence[int], devices=None) -> Mesh:
+  """Mesh over `devices` (default: all) with axes (data, fsdp, tensor), from jax.make_mesh
+  (topology-aware device order on TPU; process order, then device id, elsewhere).
+
+  Args:
+    shape: sizes per axis, e.g. {"data": -1, "fsdp": 1, "tensor": 1}; one -1 takes the
+      remaining devices. For multi-slice TPU (or multi-node GPU) runs, an optional "dcn"
+      entry {axis: slices} says how much of each axis crosses the slower data-centre
+      network (DCN), e.g. {"data": -1, "fsdp": 16, "dcn": {"data": 2}} on 2 slices of 16
+      chips: the mesh then comes from mesh_utils.create_hybrid_device_mesh (ICI axes
+      inside a slice, DCN axes across slices; slices are the devices' `slice_index`, or
+      their processes where devices have none).
+
+  Raises:
+    ValueError: the sizes do not multiply to the device count, or the DCN sizes do not
+      divide them.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  shape = dict(shape) if isinstance(shape, dict) else shape
+  dcn = shape.pop("dcn", None) if isinstance(shape, dict) else None
+  sizes = _mesh_sizes(shape, len(devices))
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if dcn and math.prod(_dcn_sizes(dcn)) > 1:
+    grid = hybrid_device_grid(sizes, dcn, devices)
+    return Mesh(grid, MESH_AXES, axis_types=auto)
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=auto, devices=devices)
+
+
+def _dcn_sizes(dcn) -> list[int]:
+  if isinstance(dcn, dict):
+    unknown = set(dcn) - set(MESH_AXES)
+    if unknown:
+      raise ValueError(f"unknown mesh.dcn axes {sorted(unknown)}; axes are {MESH_AXES}")
+    return [int(dcn.get(a, 1)) for a in MESH_AXES]
+  return [int(s) for s in dcn]
+
+
+def hybrid_device_grid(sizes: Sequence[int], dcn, devices) -> np.ndarray:
+  """[data, fsdp, tensor] array of `devices` for a multi-slice mesh: axis i has sizes[i]
+  devices of which dcn[i] are slices (granules) and sizes[i] / dcn[i] devices inside one.
+
+  Raises:
+    ValueError: a DCN size that does not divide its axis, or slices that do not match.
+  """
+  from jax.experimental import mesh_utils
+  dcn_sizes = _dcn_sizes(dcn)
+  if any(d < 1 or s % d for s, d in zip(sizes, dcn_sizes)):
+    raise ValueError(f"mesh.dcn {dict(zip(MESH_AXES, dcn_sizes))} must divide the mesh "
+                     f"{dict(zip(MESH_AXES, sizes))} axis by axis")
+  ici = [s // d for s, d in zip(sizes, dcn_sizes)]
+  by_process = not hasattr(devices[0], "slice_index")
+  return mesh_utils.create_hybrid_device_mesh(ici, dcn_sizes, devices,
+                                              process_is_granule=by_process)
+
+
+_logged_fallbacks: set = set()
 
 
 def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Rules = DEFAULT_RULES) -> P:
+                    rules: Rules = DEFAULT_RULES, *, on_indivisible: Optional[str] = None,
+                    what: str = "array") -> P:
   """PartitionSpec for an array with logical `axes` and `shape` on `mesh`.
 
-  Each mesh axis is used at most once per array, and only where it divides the dim.
+  Each mesh axis (of size > 1) is used at most once per array, in rule order.
+
+  Args:
+    on_indivisible: what to do when a rule's mesh axis does not divide its dimension:
+      "error" (raise), "replicate" (leave the dimension unsplit by that axis, logged once),
+      "unconstrained" (the dimension becomes P.UNCONSTRAINED: XLA chooses; for activation
+      constraints). None = the policy stored in `rules` (see with_policy), else "error".
+    what: name of the array for messages.
+
+  Raises:
+    ValueError: an indivisible dimension under "error".
   """
+  policy = on_indivisible or rules.get(ON_INDIVISIBLE, ("error",))[0]
   used: set[str] = set()
   spec = []
-  for name, dim in zip(axes, shape):
+  for i, (name, dim) in enumerate(zip(axes, shape)):
     chosen = []
     size = 1
+    entry: Any = None
     for m in rules.get(name, ()) if name else ():
-      n = mesh.shape[m]
+      n = mesh.shape.get(m, 1)
       if m in used or n == 1:
         continue
       if dim % (size * n) == 0:
         chosen.append(m)
         size *= n
+        continue
+      msg = (f"sharding rule {name}={'+'.join(rules[name])}: mesh axis {m!r} (size {n}) "
+             f"does not divide dim {i} (size {dim}) of {what} with logical axes "
+             f"{tuple(axes)}")
+      if policy == "error":
+        raise ValueError(f"{msg}. Change the rule (e.g. sharding.rules=\"{name}=\") or set "
+                         f"sharding.on_indivisible=\"replicate\"")
+      if policy == "unconstrained":
+        entry = P.UNCONSTRAINED
+        break
+      if policy != "replicate":
+        raise ValueError(f"unknown on_indivisible policy {policy!r}")
+      key = (name, dim, m, mesh.shape[m])
+      if key not in _logged_fallbacks:
+        _logged_fallbacks.add(key)
+        logging.warning("%s: replicated over %r (sharding.on_indivisible=replicate)", msg, m)
     used.update(chosen)
-    spec.append(tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None))
+    if entry is None:
+      entry = tuple(chosen) if len(chosen) > 1 else (chosen[0] if chosen else None)
+    spec.append(entry)
   return P(*spec)
 
 
 def tree_shardings(axes_tree: Any, shapes_tree: Any, mesh: Mesh,
                    rules: Rules = DEFAULT_RULES) -> Any:
-  """NamedShardings for a tree of arrays (or ShapeDtypeStructs) given a tree of logical axes."""
+  """NamedShardings for a tree of arrays (or ShapeDtypeStructs) given a tree of logical axes.
+
+  Raises:
+    ValueError: a rule that does not divide a dimension (policy "error"), naming the leaf.
+  """
   is_axes = lambda x: isinstance(x, tuple) and all(isinstance(a, (str, type(None))) for a in x)
-  return jax.tree.map(
-      lambda ax, s: NamedSharding(mesh, logical_to_spec(ax, s.shape, mesh, rules)),
-      axes_tree, shapes_tree, is_leaf=is_axes)
+  flat_axes, treedef = jax.tree_util.tree_flatten_with_path(axes_tree, is_leaf=is_axes)
+  flat_shapes = treedef.flatten_up_to(shapes_tree)
+  out = [NamedSharding(mesh, logical_to_spec(ax, s.shape, mesh, rules,
+                                             what=jax.tree_util.keystr(path)))
+         for (path, ax), s in zip(flat_axes, flat_shapes)]
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+# ---------------------------------------------------------------------- activations
+_ACTIVATION_CONTEXT: contextvars.ContextVar = contextvars.ContextVar(
+    "r1jax_activation_sharding", default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """Within this context (at trace time), `constrain` pins activations to `rules` on `mesh`;
+  outside it `constrain` is the identity (single device, sampler, tests)."""
+  token = _ACTIVATION_CONTEXT.set((mesh, dict(rules)))
+  try:
+    yield
+  finally:
+    _ACTIVATION_CONTEXT.reset(token)
+
+
+def with_activation_sharding(fn, mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """`fn` whose body is traced under activation_sharding(mesh, rules) (wrap a loss_fn or a
+  function that a jit traces)."""
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with activation_sharding(mesh, rules):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """with_sharding_constraint of activation `x` by logical `axes` under the active
+  activation_sharding context (identity without one). Dimensions a rule cannot split are
+  left unconstrained (XLA decides), never silently replicated."""
+  ctx = _ACTIVATION_CONTEXT.get()
+  if ctx is None:
+    return x
+  mesh, rules = ctx
+  spec = logical_to_spec(axes, x.shape, mesh, rules, on_indivisible="unconstrained")
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int, rules: Rules = DEFAULT_RULES) -> NamedSharding:

@@ -25,6 +25,8 @@ from r1jax.data.sources import jsonl_examples
 
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "code_problems.jsonl")
 FAST = {"timeout_s": 0.8, "total_timeout_s": 1.6}
+# Limits for programs that must pass: generous, so a loaded machine cannot fail them.
+HONEST = {"timeout_s": 5.0, "total_timeout_s": 10.0}
 SECRET = "r1jax-test-secret-3f9a"
 os.environ.setdefault("R1JAX_TEST_SECRET", SECRET)  # must never reach the child
 RUNNER_MARK = b"Child side of the code sandbox"  # in the argv of every sandbox process
@@ -140,23 +142,23 @@ def test_jsonl_fixture_loads_without_answer(problems):
 
 @pytest.mark.parametrize("pid", sorted(SOLUTIONS))
 def test_correct_programs_score_one(problems, pid):
-  assert code_lib.code_reward(_fence(SOLUTIONS[pid]), problems[pid], **FAST) == 1.0
-  res = code_lib.run_tests(SOLUTIONS[pid], problems[pid], **FAST)
+  assert code_lib.code_reward(_fence(SOLUTIONS[pid]), problems[pid], **HONEST) == 1.0
+  res = code_lib.run_tests(SOLUTIONS[pid], problems[pid], **HONEST)
   assert res.all_passed and res.isolation["mode"] == isolation.DEFAULT_MODE
 
 
 def test_binary_by_default_and_partial_credit(problems):
   add = "def add(a, b):\n    return int(a) + int(b)"  # wrong on floats and strings
-  res = code_lib.run_tests(add, problems["add-fn"], **FAST)
+  res = code_lib.run_tests(add, problems["add-fn"], **HONEST)
   assert res.statuses()[:2] == ["pass", "pass"] and res.passed == 2
   assert code_lib.code_reward(_fence(add), problems["add-fn"], **FAST) == 0.0
-  assert code_lib.code_reward(_fence(add), problems["add-fn"], binary=False, **FAST) == 0.5
+  assert code_lib.code_reward(_fence(add), problems["add-fn"], binary=False, **HONEST) == 0.5
   prime = "def is_prime(n):\n    return all(n % d for d in range(2, n))"  # wrong for 0 and 1
   assert code_lib.code_reward(_fence(prime), problems["is-prime-asserts"], binary=False,
-                              **FAST) == 0.6
+                              **HONEST) == 0.6
   half = "a, b = map(int, input().split())\nprint(a + b if a > 0 else 7)"
   assert code_lib.code_reward(_fence(half), problems["sum-stdin"], binary=False,
-                              **FAST) == pytest.approx(2 / 3)
+                              **HONEST) == pytest.approx(2 / 3)
   assert code_lib.code_reward("no code here", problems["sum-stdin"], **FAST) == 0.0
 
 
@@ -384,7 +386,7 @@ def _run_class(problems, name, mode):
   limits = {"timeout_s": 4.0, "total_timeout_s": 4.0} if name.startswith("memory") else FAST
   res = _score_zero_cleanly(problems, name, pid, src, allowed, mode, limits)
   if name == "deep_directory_chain":  # the same process still scores honest code
-    assert code_lib.run_tests(SOLUTIONS[pid], problems[pid], mode=mode, **FAST).all_passed
+    assert code_lib.run_tests(SOLUTIONS[pid], problems[pid], mode=mode, **HONEST).all_passed
   return res
 
 

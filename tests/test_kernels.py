@@ -122,22 +122,98 @@ def test_bfloat16_inputs(impl):
          grad_atol=3e-2, chunk_size=64)
 
 
-def test_sharded_pallas_forward_equals_unsharded():
-  h, w, y, _, _ = _inputs(4)
-  mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("data", "fsdp"))
-  axes = ("data", "fsdp")
-  f = lambda h, w, y: K.fused_logprob(h, w, y, impl="pallas_tpu", return_entropy=True,
-                                      mesh=mesh, token_axes=axes)
-  tok = NamedSharding(mesh, P(axes))
-  got = jax.jit(f)(jax.device_put(h, NamedSharding(mesh, P(axes, None))),
-                   jax.device_put(w, NamedSharding(mesh, P("fsdp", None))),
-                   jax.device_put(y, tok))
-  want = naive(h, w, y, 1.0)
-  np.testing.assert_allclose(got.logprob, want[0], atol=2e-5)
-  np.testing.assert_allclose(got.entropy, want[1], atol=2e-5)
-  g = jax.grad(lambda h, w: jnp.sum(f(h, w, y).logprob))(h, w)
-  g_ref = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]))(h, w)
-  np.testing.assert_allclose(g, g_ref, atol=2e-5)
+# ---------------------------------------------------------------------- data parallel
+# Layouts of the presets on 8 devices: mesh, the batch (token) axes, the LM head's layout.
+LAYOUTS = {"dp": ({"data": 8, "fsdp": 1, "tensor": 1}, "data", P()),
+           "fsdp": ({"data": 1, "fsdp": 8, "tensor": 1}, "fsdp", P("fsdp", None)),
+           "fsdp_tp": ({"data": 1, "fsdp": 4, "tensor": 2}, "fsdp", P("fsdp", "tensor")),
+           "2d": ({"data": 2, "fsdp": 2, "tensor": 2}, ("data", "fsdp"), P("fsdp", "tensor"))}
+SN, SV = 96, 1040  # V = 8 x 128 + 16: a partial last tile; divisible by tensor = 2
+
+
+def _sharded_case(layout, impl, temperature=0.8, **kw):
+  from r1jax import sharding as shd
+  from r1jax import compiled as compiled_lib
+  shape, axes, w_spec = LAYOUTS[layout]
+  mesh = shd.make_mesh(shape)
+  h, w, y, ref, m = _inputs(6, n=SN, v=SV)
+  f = _fused_fn(impl, temperature, entropy=True, kl=True, mask=True, mesh=mesh,
+                token_axes=axes, weight_spec=w_spec, chunk_size=12, **kw)
+  put = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  args = (put(h, P(axes, None)), put(w, w_spec), put(y, P(axes)), put(ref, P(axes)),
+          put(m, P(axes)))
+  got = jax.jit(f)(*args)
+  want = _naive_fn(temperature, entropy=True, kl=True, mask=True)(h, w, y, ref, m)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, atol=2e-5, rtol=2e-5)
+  coefs = [jax.random.normal(jax.random.key(i + 20), (SN,)) for i in range(3)]
+  obj = lambda f_: (lambda h, w, *a: _objective(f_(h, w, *a), coefs))
+  grad = jax.jit(jax.grad(obj(f), argnums=(0, 1)))
+  gh, gw = grad(*args)
+  rh, rw = jax.grad(obj(_naive_fn(temperature, entropy=True, kl=True, mask=True)),
+                    argnums=(0, 1))(h, w, y, ref, m)
+  np.testing.assert_allclose(gh, rh, atol=2e-5, rtol=2e-5)
+  np.testing.assert_allclose(gw, rw, atol=2e-5, rtol=2e-5)
+  hlo = grad.lower(*args).compile().as_text()
+  return mesh, compiled_lib.collectives(hlo)
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("impl", ["chunked", "naive"])
+def test_data_parallel_equals_unsharded_and_never_gathers_tokens(layout, impl):
+  """Forward and backward per device on its own tokens: same values and gradients as the
+  unsharded reference, and the compiled forward + backward gathers no hidden states or
+  logits (only the LM head [D, V] and [tokens] statistics)."""
+  mesh, colls = _sharded_case(layout, impl)
+  batch_shards = 8 // mesh.shape["tensor"]
+  for c in colls:
+    if c.op == "all-gather":
+      # The LM head (whole or one of its slices [D / k, V]; no token count divides D
+      # here, chunks are 12 tokens), or at most this device's batch rows (the tensor
+      # peers' tokens of the same batch rows: d hidden back to the batch layout).
+      head = len(c.shape) == 2 and c.shape[1] == SV and D % c.shape[0] == 0
+      assert head or c.elements <= SN * D // batch_shards, c
+  if impl == "chunked" and layout != "dp":
+    # d W is reduce-scattered into the head's FSDP layout, not all-reduced whole.
+    assert any(c.op == "reduce-scatter" for c in colls), colls
+
+
+def test_data_parallel_pallas_forward_and_backward():
+  """The Pallas forward (TPU kernel, interpret mode) under the same shard_map."""
+  _sharded_case("2d", "pallas_tpu", block_vocab=256)
+
+
+def test_token_split_axes():
+  from r1jax import sharding as shd
+  mesh = shd.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  assert K.split_axes(mesh, ("data", "fsdp"), 96) == ("data", "fsdp", "tensor")
+  assert K.split_axes(mesh, "data", 96) == ("data", "fsdp", "tensor")
+  assert K.split_axes(mesh, ("data", "fsdp"), 4) == ("data", "fsdp")  # 4 / 4 = 1 left
+  with pytest.raises(ValueError, match="do not split"):
+    K.split_axes(mesh, ("data", "fsdp"), 6)
+  with pytest.raises(ValueError, match="not axes of the mesh"):
+    K.split_axes(mesh, "batch", 8)
+  h, w, y, _, _ = _inputs(7, n=4)
+  out = K.fused_logprob(h, w, y, impl="chunked", mesh=mesh, token_axes=("data", "fsdp"))
+  np.testing.assert_allclose(out.logprob, naive(h, w, y, 1.0)[0], atol=2e-5)
+
+
+def test_mixed_precision_computes_in_the_hidden_dtype():
+  """bf16 hidden states with an f32 head: products in bf16 (the head rounded to bf16),
+  f32 accumulation; d hidden in bf16, d head in f32."""
+  h, w, y, _, _ = _inputs(8, dtype=jnp.float32)
+  h = h.astype(jnp.bfloat16)
+  w_bf = w.astype(jnp.bfloat16).astype(jnp.float32)
+  for impl in ("chunked", "naive", "pallas_tpu"):
+    lp = K.fused_logprob(h, w, y, impl=impl).logprob
+    np.testing.assert_allclose(lp, naive(h, w_bf, y, 1.0)[0], atol=1e-4)
+    assert np.abs(np.asarray(lp) - np.asarray(naive(h, w, y, 1.0)[0])).max() > 1e-3
+  gh, gw = jax.grad(lambda h, w: jnp.sum(K.fused_logprob(h, w, y, impl="chunked").logprob),
+                    argnums=(0, 1))(h, w)
+  assert gh.dtype == jnp.bfloat16 and gw.dtype == jnp.float32
+  rh, rw = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]), argnums=(0, 1))(
+      h.astype(jnp.float32), w_bf)
+  np.testing.assert_allclose(np.asarray(gw), rw, atol=2e-2 * float(np.abs(rw).max()))
 
 
 def test_token_logprobs_batched_form():
@@ -147,6 +223,18 @@ def test_token_logprobs_batched_form():
   want = naive(h, w, y, 0.9)
   np.testing.assert_allclose(lp.reshape(-1), want[0], atol=2e-5)
   np.testing.assert_allclose(ent.reshape(-1), want[1], atol=2e-5)
+
+
+def accelerator_target(platform):
+  """Context naming the accelerator that a cross-platform lowering targets: a 1-device
+  abstract mesh whose AbstractDevice is an H100 / a TPU v5p. JAX >= 0.11's Triton lowering
+  reads the GPU's compute capability from it (without one, on a machine with no GPU, it
+  raises "No supported GPU devices found"); JAX 0.10 lowers without it."""
+  kind, plat = {"tpu": ("TPU v5p", "tpu"), "cuda": ("NVIDIA H100", "gpu")}[platform]
+  device = jax.sharding.AbstractDevice(device_kind=kind, num_cores=None, platform=plat)
+  mesh = jax.sharding.AbstractMesh((1,), ("target",), (jax.sharding.AxisType.Auto,),
+                                   abstract_device=device)
+  return jax.sharding.use_abstract_mesh(mesh)
 
 
 @pytest.mark.parametrize("kernel,platform,call", [
@@ -162,8 +250,9 @@ def test_pallas_kernels_lower_for_tpu_and_gpu(kernel, platform, call):
     args = (jax.ShapeDtypeStruct((n, d), dt), jax.ShapeDtypeStruct((d, v), dt),
             jax.ShapeDtypeStruct((n,), jnp.int32))
     f = jax.jit(lambda h, w, y: kernel.forward(h, w, y, temperature=0.7))
-    exp = export.export(f, platforms=[platform],
-                        disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
+    with accelerator_target(platform):
+      exp = export.export(f, platforms=[platform],
+                          disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
     assert call in exp.mlir_module()
 
 
@@ -220,9 +309,12 @@ def test_grpo_log_probs_same_with_every_impl():
   def run(impl):
     kern = dict(impl=impl, chunk_size=16, block_tokens=0, block_vocab=0)
     f = lambda p: completion_logprobs(p, cfg, mb, temperature=0.8, kernel=kern, remat=False)
-    (lp, ent), vjp = jax.vjp(f, params)
-    (g,) = vjp((jnp.ones_like(lp), jnp.ones_like(ent)))
-    return lp, ent, g
+
+    @jax.jit  # one compile instead of op-by-op dispatch of the whole model
+    def value_and_vjp(p):
+      (lp, ent), vjp = jax.vjp(f, p)
+      return lp, ent, vjp((jnp.ones_like(lp), jnp.ones_like(ent)))[0]
+    return value_and_vjp(params)
 
   want = run("naive")
   for impl in ("chunked", "pallas_tpu"):

@@ -1,13 +1,22 @@
 """Checkpoint import/export (r1jax.models.loading) against independent references.
 
 References: checkpoints written here with `gguf.GGUFWriter` (llama.cpp's Q/K permutation
-and quantisation applied by the test) and with `transformers` (save_pretrained of random
+and quantisation applied by the test) and with `transformers` (save_pretrained of
 LlamaForCausalLM / Qwen2ForCausalLM); logits are compared with the torch models.
+
+What transformers produces for each case (logits, the files and config.json that
+save_pretrained writes, the keys it expects in a checkpoint) is committed in
+tests/data/loading_ref.{npz,json}, written by `python tools/reference_loading.py` from
+REFERENCE_CASES below. The tests always assert against those files, so the default suite
+needs no torch; where torch and transformers are installed (`pip install -e .[reference]`)
+each test also recomputes its reference live and checks that the committed one is current.
 """
+import functools
 import importlib.util
 import json
 import pathlib
 import re
+import tempfile
 
 import gguf
 import jax
@@ -21,6 +30,9 @@ from r1jax.models import (RopeScaling, default_model_path, forward, from_pretrai
 from r1jax.models import loading
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+REF_ARRAYS = ROOT / "tests" / "data" / "loading_ref.npz"
+REF_INFO = ROOT / "tests" / "data" / "loading_ref.json"
+HAVE_TRANSFORMERS = all(importlib.util.find_spec(m) for m in ("torch", "transformers"))
 LLAMA3_ROPE = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                           original_max_position_embeddings=8192)
 
@@ -117,24 +129,14 @@ def hf_config_kwargs(cfg):
   return kw
 
 
-def torch_model(cfg, weights=None):
-  """A transformers model for `cfg`, with `weights` (HF names) or random ones."""
-  torch = pytest.importorskip("torch")
-  transformers = pytest.importorskip("transformers")
+def torch_model(cfg, weights):
+  """A transformers model for `cfg` with `weights` (HF names and layouts)."""
+  import torch
+  import transformers
   cls, config_cls = {"llama": (transformers.LlamaForCausalLM, transformers.LlamaConfig),
                      "qwen2": (transformers.Qwen2ForCausalLM, transformers.Qwen2Config)}[
                          cfg.architecture]
   model = cls(config_cls(**hf_config_kwargs(cfg))).eval()
-  if weights is None:
-    torch.manual_seed(0)
-    weights = {}
-    for name, p in model.state_dict().items():
-      if name == "lm_head.weight" and cfg.tie_word_embeddings:
-        continue
-      if name.endswith("norm.weight"):
-        weights[name] = 1 + 0.1 * torch.randn(p.shape)
-      else:
-        weights[name] = 0.08 * torch.randn(p.shape)
   sd = {k: torch.as_tensor(np.ascontiguousarray(v)) for k, v in weights.items()}
   missing, unexpected = model.load_state_dict(sd, strict=False)
   assert not unexpected and set(missing) <= ({"lm_head.weight"} if cfg.tie_word_embeddings
@@ -145,9 +147,52 @@ def torch_model(cfg, weights=None):
 
 
 def torch_logits(model, tokens):
-  torch = pytest.importorskip("torch")
+  import torch
   with torch.no_grad():
     return model(torch.as_tensor(np.asarray(tokens, np.int64))).logits.float().numpy()
+
+
+# --------------------------------------------------------------------------- references
+# Each case: (tmp dir) -> {name: array or JSON value} of what transformers produces, with
+# torch and transformers installed. tools/reference_loading.py writes them all to
+# tests/data/loading_ref.*; `reference` reads them back.
+REFERENCE_CASES = {}
+
+
+def reference_case(name):
+  def register(fn):
+    REFERENCE_CASES[name] = fn
+    return fn
+  return register
+
+
+@functools.lru_cache(maxsize=1)
+def _committed():
+  arrays = np.load(REF_ARRAYS)
+  info = json.loads(REF_INFO.read_text())
+  return {k: arrays[k] for k in arrays.files}, info
+
+
+def reference(name: str) -> dict:
+  """The committed transformers reference of case `name` (arrays and JSON values); with
+  torch and transformers installed, first recomputed live and compared with it."""
+  arrays, info = _committed()
+  prefix = name + "/"
+  want = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+  want.update(info.get(name, {}))
+  assert want, f"no committed reference {name!r}: run tools/reference_loading.py"
+  if HAVE_TRANSFORMERS:
+    with tempfile.TemporaryDirectory() as d:
+      live = REFERENCE_CASES[name](pathlib.Path(d))
+    assert set(live) == set(want), (name, sorted(live), sorted(want))
+    for k, v in live.items():
+      if isinstance(v, np.ndarray):
+        np.testing.assert_allclose(v, want[k], atol=1e-5, rtol=0, err_msg=f"{name}/{k} "
+                                   "differs from the committed reference: rerun "
+                                   "tools/reference_loading.py")
+      else:
+        assert v == want[k], f"{name}/{k} differs from the committed reference"
+  return want
 
 
 # --------------------------------------------------------------------------- GGUF writer
@@ -238,12 +283,37 @@ LLAMA_QTYPES = {"token_embd": Q.Q8_0, "attn_q": Q.Q4_0, "attn_k": Q.Q4_1, "attn_
 
 
 # --------------------------------------------------------------------------- GGUF import
-def test_gguf_llama_quantised(tmp_path):
+def gguf_llama_case(tmp_path):
   cfg = tiny_config(hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=2,
                     head_dim=16, rope_theta=10000.0)
-  weights = random_hf_weights(cfg)
   path = tmp_path / "tiny-llama.gguf"
-  expected = write_gguf(path, cfg, weights, LLAMA_QTYPES)
+  expected = write_gguf(path, cfg, random_hf_weights(cfg), LLAMA_QTYPES)
+  return cfg, path, expected, random_tokens(cfg)
+
+
+@reference_case("gguf_llama")
+def _ref_gguf_llama(tmp_path):
+  cfg, _, expected, tokens = gguf_llama_case(tmp_path)
+  return {"logits": torch_logits(torch_model(cfg, expected), tokens)}
+
+
+def gguf_qwen2_case(tmp_path):
+  cfg = tiny_config(architecture="qwen2", attention_bias=True, tie_word_embeddings=True,
+                    num_heads=4, num_kv_heads=1, rope_theta=1e6, rms_norm_eps=1e-6)
+  path = tmp_path / "tiny-qwen2.gguf"
+  expected = write_gguf(path, cfg, random_hf_weights(cfg, seed=1),
+                        {"token_embd": Q.Q8_0, "attn_q": Q.Q8_0, "ffn_down": Q.Q4_1})
+  return cfg, path, expected, random_tokens(cfg, seed=1)
+
+
+@reference_case("gguf_qwen2")
+def _ref_gguf_qwen2(tmp_path):
+  cfg, _, expected, tokens = gguf_qwen2_case(tmp_path)
+  return {"logits": torch_logits(torch_model(cfg, expected), tokens)}
+
+
+def test_gguf_llama_quantised(tmp_path):
+  cfg, path, expected, tokens = gguf_llama_case(tmp_path)
   types = {t.name: t.tensor_type for t in gguf.GGUFReader(str(path)).tensors}
   assert types["blk.0.attn_q.weight"] == Q.Q4_0 and types["blk.1.ffn_up.weight"] == Q.BF16
 
@@ -254,20 +324,14 @@ def test_gguf_llama_quantised(tmp_path):
   assert jax.tree.all(jax.tree.map(lambda p, s: p.shape == s.shape and p.dtype == s.dtype,
                                    params, param_shapes(cfg)))
 
-  tokens = random_tokens(cfg)
   got = r1_logits(cfg, params, tokens)
-  want = torch_logits(torch_model(cfg, expected), tokens)
+  want = reference("gguf_llama")["logits"]
   assert np.abs(got).max() > 0.1  # not a degenerate comparison
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
 def test_gguf_qwen2_bias_tied(tmp_path):
-  cfg = tiny_config(architecture="qwen2", attention_bias=True, tie_word_embeddings=True,
-                    num_heads=4, num_kv_heads=1, rope_theta=1e6, rms_norm_eps=1e-6)
-  weights = random_hf_weights(cfg, seed=1)
-  path = tmp_path / "tiny-qwen2.gguf"
-  expected = write_gguf(path, cfg, weights, {"token_embd": Q.Q8_0, "attn_q": Q.Q8_0,
-                                             "ffn_down": Q.Q4_1})
+  cfg, path, expected, tokens = gguf_qwen2_case(tmp_path)
   assert "output.weight" not in {t.name for t in gguf.GGUFReader(str(path)).tensors}
   cfg2, params = from_pretrained(path, param_dtype="bfloat16")
   assert cfg2 == cfg.replace(param_dtype="bfloat16")
@@ -276,9 +340,8 @@ def test_gguf_qwen2_bias_tied(tmp_path):
   assert_trees_equal(params, ref)
 
   _, params32 = from_pretrained(path)
-  tokens = random_tokens(cfg, seed=1)
   np.testing.assert_allclose(r1_logits(cfg, params32, tokens),
-                             torch_logits(torch_model(cfg, expected), tokens), atol=1e-4, rtol=0)
+                             reference("gguf_qwen2")["logits"], atol=1e-4, rtol=0)
 
 
 def test_gguf_llama3_rope_freqs(tmp_path):
@@ -311,23 +374,65 @@ HF_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(HF_CASES))
-def test_hf_import_matches_transformers(tmp_path, case):
+def hf_case(case):
   kw = dict(HF_CASES[case])
   shard = kw.pop("shard", None)
   cfg = tiny_config(**kw)
-  model = torch_model(cfg)
-  model.save_pretrained(tmp_path, max_shard_size=shard or "10GB")
+  return cfg, shard, random_hf_weights(cfg, seed=5), random_tokens(cfg, seed=2)
+
+
+def _saved_files(directory):
+  """What save_pretrained wrote: config.json (less the writer's version), the shard
+  index, and each safetensors file's metadata and tensor names."""
+  from safetensors import safe_open
+  config = json.loads((directory / "config.json").read_text())
+  config.pop("transformers_version", None)
+  index = directory / "model.safetensors.index.json"
+  files = {}
+  for f in sorted(directory.glob("*.safetensors")):
+    with safe_open(f, "np") as st:
+      files[f.name] = {"metadata": st.metadata(), "tensors": sorted(st.keys())}
+  return {"config": config, "files": files,
+          "index": json.loads(index.read_text()) if index.is_file() else None}
+
+
+for _case in HF_CASES:
+  @reference_case(f"hf_import/{_case}")
+  def _ref_hf_import(tmp_path, case=_case):
+    cfg, shard, weights, tokens = hf_case(case)
+    model = torch_model(cfg, weights)
+    model.save_pretrained(tmp_path, max_shard_size=shard or "10GB")
+    return {"logits": torch_logits(model, tokens), **_saved_files(tmp_path)}
+
+
+def write_like_transformers(directory, ref, weights):
+  """The checkpoint save_pretrained wrote for `ref` (its config.json, index and file
+  layout, recorded by tools/reference_loading.py), with `weights` as the tensors."""
+  from safetensors.numpy import save_file
+  directory.mkdir(parents=True, exist_ok=True)
+  (directory / "config.json").write_text(json.dumps(ref["config"]))
+  if ref["index"] is not None:
+    (directory / "model.safetensors.index.json").write_text(json.dumps(ref["index"]))
+  for name, f in ref["files"].items():
+    save_file({k: np.ascontiguousarray(weights[k]) for k in f["tensors"]}, directory / name,
+              metadata=f["metadata"])
+
+
+@pytest.mark.parametrize("case", list(HF_CASES))
+def test_hf_import_matches_transformers(tmp_path, case):
+  cfg, shard, weights, tokens = hf_case(case)
+  ref = reference(f"hf_import/{case}")
+  write_like_transformers(tmp_path, ref, weights)
   assert (tmp_path / "model.safetensors.index.json").is_file() == (shard is not None)
+  assert (len(ref["files"]) > 1) == (shard is not None)
 
   assert load_config(tmp_path) == cfg
   cfg2, params = from_pretrained(tmp_path)
   assert cfg2 == cfg
-  tokens = random_tokens(cfg, seed=2)
+  assert_trees_equal(params, hf_to_r1(cfg, weights))
   got = r1_logits(cfg, params, tokens)
-  want = torch_logits(model, tokens)
   assert np.abs(got).max() > 0.1
-  np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+  np.testing.assert_allclose(got, ref["logits"], atol=1e-4, rtol=0)
 
 
 def test_hf_config_variants(tmp_path):
@@ -360,6 +465,22 @@ def random_params(cfg, seed=0):
   return jax.tree.map(jnp.asarray, hf_to_r1(cfg, random_hf_weights(cfg, seed=seed)))
 
 
+for _case in EXPORT_CASES:
+  @reference_case(f"export/{_case}")
+  def _ref_export(tmp_path, case=_case):
+    import transformers
+    kw, shard = EXPORT_CASES[case]
+    cfg = tiny_config(**kw)
+    out = save_pretrained(cfg, random_params(cfg), tmp_path / "export", max_shard_bytes=shard)
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(out,
+                                                                    output_loading_info=True)
+    keys = sorted(k for k in model.state_dict()
+                  if not (cfg.tie_word_embeddings and k == "lm_head.weight"))
+    return {"logits": torch_logits(model.eval(), random_tokens(cfg, seed=3)),
+            "missing_keys": sorted(info["missing_keys"]),
+            "unexpected_keys": sorted(info["unexpected_keys"]), "checkpoint_keys": keys}
+
+
 @pytest.mark.parametrize("case", list(EXPORT_CASES))
 def test_export_roundtrip_and_transformers(tmp_path, case):
   kw, shard = EXPORT_CASES[case]
@@ -376,13 +497,19 @@ def test_export_roundtrip_and_transformers(tmp_path, case):
   assert cfg2 == cfg
   assert_trees_equal(params2, params)
 
-  transformers = pytest.importorskip("transformers")
-  model, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True)
-  assert not info["missing_keys"] and not info["unexpected_keys"], info
-  tokens = random_tokens(cfg, seed=3)
-  got = r1_logits(cfg, params, tokens)
+  # transformers loaded this export with no missing or unexpected key, and the export
+  # holds exactly the keys transformers' model has (tied head: not stored).
+  ref = reference(f"export/{case}")
+  assert ref["missing_keys"] == [] and ref["unexpected_keys"] == []
+  from safetensors import safe_open
+  names = set()
+  for f in shards:
+    with safe_open(out / f, "np") as st:
+      names.update(st.keys())
+  assert sorted(names) == ref["checkpoint_keys"]
+  got = r1_logits(cfg, params, random_tokens(cfg, seed=3))
   assert np.abs(got).max() > 0.1
-  np.testing.assert_allclose(got, torch_logits(model.eval(), tokens), atol=1e-4, rtol=0)
+  np.testing.assert_allclose(got, ref["logits"], atol=1e-4, rtol=0)
 
 
 def test_export_bfloat16_and_reexport(tmp_path):
@@ -557,7 +684,7 @@ def test_default_model_config_and_shapes(default_model):
 
 def _transformers_from_gguf(path):
   """transformers' own GGUF loader (dequantise + un-permute) as the reference."""
-  transformers = pytest.importorskip("transformers")
+  import transformers
   try:
     return transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=path.name, dtype="float32")
@@ -574,16 +701,35 @@ def _transformers_from_gguf(path):
   return model
 
 
+DEFAULT_WORDS = ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis", "ĠParis", ".", "ĠIt"]
+DEFAULT_STRIDE = 64  # committed logits: every 64th vocabulary column (the full [9, V] is MBs)
+
+
+def default_model_tokens(path):
+  vocab = gguf.GGUFReader(str(path)).fields["tokenizer.ggml.tokens"].contents()
+  ids = {t: i for i, t in enumerate(vocab)}
+  bos = int(gguf.GGUFReader(str(path)).fields["tokenizer.ggml.bos_token_id"].contents())
+  return np.array([[bos] + [ids[w] for w in DEFAULT_WORDS]], np.int32), ids
+
+
+@reference_case("default_model")
+def _ref_default_model(tmp_path):
+  path = default_model_path("smollm2-135m-instruct")
+  tokens, _ = default_model_tokens(path)
+  logits = torch_logits(_transformers_from_gguf(path).eval(), tokens)
+  return {"logits_strided": logits[..., ::DEFAULT_STRIDE], "argmax": logits.argmax(-1)}
+
+
 @pytest.mark.slow
 def test_default_model_matches_transformers(default_model, default_gguf_path):
   cfg, params = default_model
-  vocab = gguf.GGUFReader(str(default_gguf_path)).fields["tokenizer.ggml.tokens"].contents()
-  ids = {t: i for i, t in enumerate(vocab)}
-  words = ["The", "Ġcapital", "Ġof", "ĠFrance", "Ġis", "ĠParis", ".", "ĠIt"]
-  tokens = np.array([[cfg.bos_token_id] + [ids[w] for w in words]], np.int32)
+  tokens, ids = default_model_tokens(default_gguf_path)
+  assert tokens[0, 0] == cfg.bos_token_id
   got = r1_logits(cfg, params, tokens)
-  want = torch_logits(_transformers_from_gguf(default_gguf_path).eval(), tokens)
+  ref = reference("default_model")
+  want = ref["logits_strided"]
   assert np.abs(want).max() > 5
-  np.testing.assert_allclose(got, want, atol=5e-4, rtol=0)  # |logits| ~ 30
+  np.testing.assert_allclose(got[..., ::DEFAULT_STRIDE], want, atol=5e-4, rtol=0)  # |l| ~ 30
+  np.testing.assert_array_equal(got.argmax(-1), ref["argmax"])
   # the model predicts like an LM: " Paris" follows "The capital of France is"
   assert got[0, 5].argmax() == ids["ĠParis"]

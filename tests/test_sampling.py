@@ -1,4 +1,5 @@
-"""Sampler tests: greedy equals a naive no-cache loop, stop tokens, top-k/top-p, determinism."""
+"""Sampler tests: greedy equals a naive no-cache loop, stop tokens, top-k/top-p, determinism,
+and the growing completion cache equals one full-budget cache."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from r1jax import models, sampling
+from r1jax.models import decoder
 from r1jax.models.config import tiny_config
 from r1jax.sampling import SamplingParams
 
@@ -48,8 +50,9 @@ def full_logprobs(params, prompt, completion, temperature):
   return np.asarray(jnp.take_along_axis(lp, jnp.asarray(completion)[:, None], -1)[:, 0])
 
 
-def test_greedy_matches_naive_loop(params):
-  s = sampling.Sampler(CFG, pad_id=0)
+@pytest.mark.parametrize("cache_block", [128, 4])  # one cache; a cache grown 4 -> 8 -> 12
+def test_greedy_matches_naive_loop(params, cache_block):
+  s = sampling.Sampler(CFG, pad_id=0, cache_block=cache_block)
   out = s(params, PROMPTS, jax.random.key(0), num_samples=2,
           sampling=SamplingParams(temperature=0, max_new_tokens=12))
   assert out.tokens.shape == (3, 2, 12)
@@ -266,16 +269,17 @@ def test_stop_strings_for_the_default_tokenizer():
   assert ids[-len(enc):] != enc  # the old token-exact match would not have stopped
 
 
-def test_sharded_rollouts_equal_single_device(params):
+@pytest.mark.parametrize("cache_block", [128, 4])  # one cache; a cache grown 4 -> 8 -> 10
+def test_sharded_rollouts_equal_single_device(params, cache_block):
   from r1jax import sharding
   mesh = sharding.make_mesh({"data": 4, "fsdp": 1, "tensor": 2})
   tr_params = jax.device_put(params, sharding.tree_shardings(
       models.param_logical_axes(CFG), models.param_shapes(CFG), mesh))
   prompts = [[3 + i, 5, 7 + i] for i in range(8)]
   sp = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=10)
-  single = sampling.Sampler(CFG, pad_id=0)(params, prompts, jax.random.key(5), num_samples=2,
-                                           sampling=sp)
-  sharded_sampler = sampling.Sampler(CFG, pad_id=0, mesh=mesh)
+  single = sampling.Sampler(CFG, pad_id=0, cache_block=cache_block)(
+      params, prompts, jax.random.key(5), num_samples=2, sampling=sp)
+  sharded_sampler = sampling.Sampler(CFG, pad_id=0, mesh=mesh, cache_block=cache_block)
   ids, lengths = sharded_sampler._place(*sharded_sampler.pad_prompts(prompts))
   assert len(ids.sharding.device_set) == 8
   multi = sharded_sampler(tr_params, prompts, jax.random.key(5), num_samples=2, sampling=sp)
@@ -314,3 +318,141 @@ def test_categorical_matches_probabilities_and_never_draws_masked_tokens():
     freq = np.bincount(np.asarray(toks), minlength=5) / n
     np.testing.assert_allclose(freq, probs, atol=0.01)
     assert freq[1] == 0 and freq[4] == 0
+
+
+# ------------------------------------------------------------ growing completion cache
+def test_cache_schedule():
+  assert sampling.cache_schedule(2048, 128) == (128, 256, 512, 1024, 2048)
+  assert sampling.cache_schedule(3072, 128) == (128, 256, 512, 1024, 2048, 3072)
+  assert sampling.cache_schedule(16, 128) == (16,)
+  assert sampling.cache_schedule(12, 4) == (4, 8, 12)
+  with pytest.raises(ValueError, match="cache_block"):
+    sampling.cache_schedule(16, 0)
+
+
+@jax.jit
+def _full_logits_batch(params, tokens):
+  return models.logits(params, CFG, models.forward(params, CFG, tokens))
+
+
+def test_grown_cache_decode_equals_full_forward(params):
+  """Prefill with 2 completion slots, grow to 4 then 7 while decoding: each step's logits
+  equal a no-cache forward over prompt + completion (G = 2 samples share each prompt)."""
+  B, G, P, N = 2, 2, 6, 7
+  rng = np.random.RandomState(0)
+  lengths = np.array([6, 3], np.int32)
+  prompts = rng.randint(3, CFG.vocab_size, size=(B, P)).astype(np.int32)
+  prompts[1, 3:] = 0
+  conts = rng.randint(3, CFG.vocab_size, size=(B, G, N)).astype(np.int32)
+  _, cache = models.prefill(params, CFG, jnp.asarray(prompts), jnp.asarray(lengths), G, 2)
+  step = jax.jit(lambda p, tok, pos, c, t: models.decode_step(p, CFG, tok, pos, c, t))
+  logits = []
+  for t in range(N):
+    if t == cache.gen_k.shape[3]:
+      cache = decoder.grow_cache(cache, {2: 4, 4: 7}[t])
+    pos = jnp.broadcast_to(jnp.asarray(lengths)[:, None] + t, (B, G))
+    h, cache = step(params, jnp.asarray(conts[:, :, t]), pos, cache, jnp.int32(t))
+    logits.append(np.asarray(models.logits(params, CFG, h)))
+  assert cache.gen_k.shape[3] == N
+  for b in range(B):
+    seqs = np.concatenate([np.repeat(prompts[b:b + 1, :lengths[b]], G, 0), conts[b]], axis=1)
+    full = np.asarray(_full_logits_batch(params, jnp.asarray(seqs)))
+    for t in range(N):
+      np.testing.assert_allclose(logits[t][b], full[:, lengths[b] + t], atol=1e-4)
+  with pytest.raises(ValueError, match="smaller"):
+    decoder.grow_cache(cache, 3)
+
+
+def test_growing_cache_equals_full_budget_cache(params):
+  """Attention over the grown cache (4 -> 8 -> 16 -> 24 slots) gives the samples of the
+  previous sampler, whose cache held the whole budget from the start (cache_block >= N):
+  prompts of 3, 17 and 1 tokens, G = 3 samples sharing each prompt's cache, stops at
+  different steps; and the log-probs equal a no-cache forward."""
+  N, top_p = 24, 0.9
+  sp = lambda stops: SamplingParams(temperature=1.0, top_p=top_p, max_new_tokens=N,
+                                    stop_ids=stops)
+  run = lambda block, stops: sampling.Sampler(CFG, pad_id=0, cache_block=block)(
+      params, PROMPTS, jax.random.key(7), num_samples=3, sampling=sp(stops))
+  free = run(N, ())
+  # Stop ids that end samples at different steps (some samples may never emit them).
+  stops = (int(free.tokens[0, 0, 5]), int(free.tokens[1, 2, 13]))
+  full, grown = run(N, stops), run(4, stops)
+  assert len(set(full.lengths.ravel().tolist())) >= 2 and full.finished.any()
+  np.testing.assert_array_equal(grown.tokens, full.tokens)
+  np.testing.assert_array_equal(grown.lengths, full.lengths)
+  np.testing.assert_array_equal(grown.finished, full.finished)
+  assert int(grown.num_steps) == int(full.num_steps)
+  # Same attention over fewer masked slots: equal up to fp32 summation order.
+  np.testing.assert_allclose(grown.logprobs, full.logprobs, rtol=0, atol=1e-5)
+  for b, p in enumerate(PROMPTS):
+    n = int(grown.lengths[b, 1])
+    np.testing.assert_allclose(grown.logprobs[b, 1, :n],
+                               full_logprobs(params, p, grown.tokens[b, 1, :n].tolist(), 1.0),
+                               atol=1e-4)
+
+
+def test_growing_cache_loop_exits_when_all_samples_stop(params):
+  greedy = [naive_greedy(params, p, 12) for p in PROMPTS[:2]]
+  stops = (greedy[0][5], greedy[1][2])  # both samples stop by step 6 of a 64-token budget
+  out = sampling.Sampler(CFG, pad_id=0, cache_block=4)(
+      params, PROMPTS[:2], jax.random.key(0),
+      sampling=SamplingParams(temperature=0, max_new_tokens=64, stop_ids=stops))
+  assert out.finished.all()
+  assert int(out.num_steps) == int(out.lengths.max()) <= 6
+  for b, want in enumerate(greedy):
+    assert out.tokens[b, 0, :out.lengths[b, 0]].tolist() == want[:out.lengths[b, 0]]
+
+
+# ------------------------------------------------------------ top-k / top-p selection
+@pytest.mark.parametrize("V,block,k", [(1000, 32, 1), (1000, 32, 7), (4096, 16, 200),
+                                       (777, 8, 31)])
+def test_top_k_values_equal_lax_top_k(V, block, k):
+  rng = np.random.RandomState(V + k)
+  x = rng.standard_normal((5, V)).astype(np.float32)
+  x[0] = np.round(x[0] * 2) / 2  # many ties
+  x[1, : V // 2] = -np.inf  # excluded tokens
+  x[2, :] = 1.0  # all equal
+  got = sampling.top_k_values(jnp.asarray(x), k, block)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(jax.lax.top_k(jnp.asarray(x), k)[0]))
+
+
+def _primitives(jaxpr) -> set:
+  """Names of the primitives in a jaxpr and in the jaxprs nested in its equations."""
+  names = set()
+  for eqn in jaxpr.eqns:
+    names.add(eqn.primitive.name)
+    for v in eqn.params.values():
+      for sub in v if isinstance(v, (tuple, list)) else (v,):
+        sub = getattr(sub, "jaxpr", sub)  # ClosedJaxpr -> Jaxpr
+        if hasattr(sub, "eqns"):
+          names |= _primitives(sub)
+  return names
+
+
+def test_top_p_one_and_top_k_zero_select_nothing():
+  """top_p = 1 and top_k = 0 skip the nucleus and top-k work entirely (no selection op)."""
+  logits = jnp.zeros((4, 1000))
+  prims = lambda **kw: _primitives(jax.make_jaxpr(lambda x: sampling.sample_from_logits(
+      x, jax.random.key(0), temperature=1.0, **kw))(logits).jaxpr)
+  assert not prims(top_p=1.0, top_k=0) & {"top_k", "sort", "while", "cond"}
+  assert "top_k" in prims(top_p=0.9, top_k=0) and "top_k" in prims(top_p=1.0, top_k=5)
+
+
+@pytest.mark.parametrize("case", ["ties", "peaked", "masked", "wide"])
+def test_top_p_cutoff_exact_in_hard_cases(case):
+  """Bisection fallback (candidates=8) and candidate path against a full sort."""
+  rng = np.random.RandomState(1)
+  x = rng.standard_normal((6, 2000)).astype(np.float32)
+  if case == "ties":
+    x = np.round(x * 3) / 3
+  elif case == "peaked":
+    x[:, 0] += 30.0  # one token holds (nearly) all the mass
+  elif case == "masked":
+    x[:, ::3] = -np.inf
+  elif case == "wide":
+    x *= 0.01
+  for top_p in (0.2, 0.5, 0.95):
+    want = _sorted_top_p_cutoff(x.astype(np.float64), top_p)
+    for candidates in (8, 256):
+      got = np.asarray(sampling.top_p_cutoff(jnp.asarray(x), top_p, candidates=candidates))
+      np.testing.assert_array_equal(x >= got, x >= want)

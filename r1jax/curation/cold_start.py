@@ -110,7 +110,7 @@ def _verified(rec: dict) -> Optional[bool]:
   ex = {"question": rec.get("question") or rec.get("prompt", ""), "answer": str(answer),
         "task": rec.get("task") or "math", "metadata": rec.get("metadata") or {}}
   try:
-    return accuracy(text, ex, binary=True) >= 1.0
+    return accuracy(text, ex) >= 1.0
   except Exception as e:  # a scorer crash on odd text rejects the sample, never the build
     log.debug("accuracy failed on a sample: %s", e)
     return False

@@ -26,6 +26,21 @@ products per chunk (recompute, dh, dW), one fewer than two separate recomputing 
 would need, each a plain XLA matmul (at peak on every backend); memory is bounded by the
 chunk (C x V) plus d W itself, never N x V.
 
+Data parallelism (`mesh`, `token_axes`): forward and backward both run under one
+`shard_map` in which each device sees only its own tokens. The token axes are the batch
+axes plus every other mesh axis of size > 1 that still divides the local token count
+(e.g. `tensor`): the LM head is computed once per token, never once per replica. The head
+enters whole (XLA all-gathers an FSDP-split head once, in the compute dtype); the local
+d W is reduced once, by `psum_scatter` into W's own layout (`weight_spec`, default from
+r1jax.sharding.DEFAULT_RULES) over the token axes that split it and `psum` over the rest.
+No [tokens, D] hidden state or [tokens, V] logit is ever gathered. Vocabulary-parallel
+tensor sharding (partial statistics merged across vocabulary shards) is the alternative
+this does not take: splitting tokens needs no cross-device merge in the forward.
+
+Precision: products run in the hidden states' dtype (W is cast to h.dtype, as
+`models.decoder.logits` does) with float32 accumulation; statistics, log-probs and d W
+accumulate in float32.
+
 Source: the k3 KL estimator of R1_SPEC section 2 (Schulman 2020); the online logsumexp of
 Milakov & Gimelshein 2018 (as in FlashAttention); the same idea as Liger-Kernel's fused
 linear cross-entropy and Apple's Cut Cross-Entropy (Wijmans et al. 2024), in JAX.
@@ -35,10 +50,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+from absl import logging
+from jax.sharding import PartitionSpec as P
 
 IMPLS = ("auto", "pallas", "chunked", "naive", "pallas_tpu", "pallas_gpu")
 
@@ -67,7 +85,8 @@ class _Spec:
   block_vocab: int
   interpret: bool
   mesh: Optional[jax.sharding.Mesh] = None
-  token_axes: Any = None
+  token_axes: tuple[str, ...] = ()  # mesh axes splitting the tokens, major to minor
+  weight_spec: Optional[P] = None  # layout of d W (W's own); None: replicated
 
 
 def resolve_impl(impl: str, backend: Optional[str] = None) -> str:
@@ -100,13 +119,15 @@ def default_config():
   return c
 
 
-def kwargs_from_config(kcfg, mesh=None, token_axes=None) -> dict:
+def kwargs_from_config(kcfg, mesh=None, token_axes=None, weight_spec=None) -> dict:
   """`token_logprobs` / `fused_logprob` keyword arguments of a `kernels` config block.
 
   Args:
     kcfg: the block (see default_config).
-    mesh, token_axes: the mesh and the axes that shard the tokens (for the Pallas
-      kernels' shard_map); None = unsharded.
+    mesh, token_axes: the mesh and the axes that shard the tokens (the batch axes); None =
+      unsharded (then XLA partitions the pure-JAX impls as it likes).
+    weight_spec: PartitionSpec of the LM head [D, V] (layout of its gradient); None = from
+      r1jax.sharding.DEFAULT_RULES.
 
   Raises:
     ValueError: unknown logprob_impl, non-positive chunk, negative tiles.
@@ -118,8 +139,10 @@ def kwargs_from_config(kcfg, mesh=None, token_axes=None) -> dict:
     raise ValueError("kernels.block_tokens / block_vocab must be >= 0 (0 = default)")
   out = dict(impl=kcfg.logprob_impl, chunk_size=kcfg.logprob_chunk_size,
              block_tokens=kcfg.block_tokens, block_vocab=kcfg.block_vocab)
-  if mesh is not None and token_axes:
+  if mesh is not None:
     out.update(mesh=mesh, token_axes=token_axes)
+    if weight_spec is not None:
+      out["weight_spec"] = weight_spec
   return out
 
 
@@ -128,13 +151,15 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
                   mask: Optional[jax.Array] = None, return_entropy: bool = False,
                   impl: str = "auto", chunk_size: int = 1024, block_tokens: int = 0,
                   block_vocab: int = 0, interpret: Optional[bool] = None,
-                  mesh: Optional[jax.sharding.Mesh] = None,
-                  token_axes: Any = None) -> LogprobOutput:
+                  mesh: Optional[jax.sharding.Mesh] = None, token_axes: Any = None,
+                  weight_spec: Optional[P] = None) -> LogprobOutput:
   """Log-prob of each target token (and entropy, k3 KL) without [N, V] logits.
 
   Args:
-    hidden: [N, D] final hidden states (float32 / bfloat16 / float16).
-    lm_head: [D, V] LM head (tied embeddings: the transposed embedding).
+    hidden: [N, D] final hidden states (float32 / bfloat16 / float16); the products run in
+      this dtype with float32 accumulation.
+    lm_head: [D, V] LM head (tied embeddings: the transposed embedding), any float dtype
+      (cast to hidden's); its gradient comes back in its own dtype.
     targets: [N] int token ids in [0, V) (ids outside give meaningless values).
     temperature: logits are divided by it (> 0; match the sampler's temperature).
     ref_logprob: [N] reference-policy log-probs; when given, `kl` is returned.
@@ -146,18 +171,20 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
       ~ chunk_size x V float32).
     block_tokens, block_vocab: Pallas tile sizes (0 = the backend's default).
     interpret: run Pallas in interpret mode (default: when the backend is CPU).
-    mesh, token_axes: when the tokens are sharded over mesh axes `token_axes` (a name or
-      tuple of names, as in a PartitionSpec entry), the Pallas forward runs per shard under
-      shard_map (a pallas_call is opaque to XLA's partitioner, which would otherwise gather
-      every token onto every device); the LM head is gathered whole for it. Pure-JAX impls
-      are partitioned by XLA and ignore these.
+    mesh, token_axes: the tokens are sharded over mesh axes `token_axes` (a name or tuple
+      of names, as in a PartitionSpec entry; None = none): forward and backward then run
+      per device on its own tokens under shard_map (module docstring), every impl. The
+      other mesh axes of size > 1 split the tokens further where they divide them.
+    weight_spec: PartitionSpec of lm_head on `mesh` (where its gradient is reduce-scattered
+      to); None = ("embed", "vocab") under r1jax.sharding.DEFAULT_RULES.
 
   Returns:
     LogprobOutput(logprob [N], entropy [N] | None, kl [N] | None), float32. Differentiable
     with respect to hidden and lm_head for any cotangents of the three outputs.
 
   Raises:
-    ValueError: shapes that do not match, temperature <= 0, unknown impl.
+    ValueError: shapes that do not match, temperature <= 0, unknown impl, tokens that the
+      batch axes of `token_axes` do not divide.
   """
   if hidden.ndim != 2 or lm_head.ndim != 2 or targets.ndim != 1:
     raise ValueError(f"expected hidden [N, D], lm_head [D, V], targets [N]; got "
@@ -175,14 +202,19 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
     raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
   impl = resolve_impl(impl)
   targets = targets.astype(jnp.int32)
+  axes: tuple[str, ...] = ()
+  if mesh is not None:
+    axes = split_axes(mesh, token_axes, N)
+    if weight_spec is None:
+      weight_spec = default_weight_spec(mesh, lm_head.shape)
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  spec = _Spec(float(temperature), impl, int(chunk_size), int(block_tokens),
+               int(block_vocab), bool(interpret), mesh if axes else None, axes,
+               weight_spec if axes else None)
   if impl == "naive":
-    logp, ent = _naive(hidden, lm_head, targets, float(temperature))
+    logp, ent = _naive_sharded(hidden, lm_head, targets, spec)
   else:
-    if interpret is None:
-      interpret = jax.default_backend() == "cpu"
-    spec = _Spec(float(temperature), impl, int(chunk_size), int(block_tokens),
-                 int(block_vocab), bool(interpret), mesh,
-                 tuple(token_axes) if isinstance(token_axes, list) else token_axes)
     logp, ent = _fused(hidden, lm_head, targets, spec)
   kl = None
   if ref_logprob is not None:
@@ -197,14 +229,15 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
 
 def token_logprobs(hidden: jax.Array, weight: jax.Array, targets: jax.Array, *,
                    temperature: float = 1.0, chunk_size: int = 1024, impl: str = "auto",
-                   block_tokens: int = 0, block_vocab: int = 0, mesh=None, token_axes=None):
+                   block_tokens: int = 0, block_vocab: int = 0, mesh=None, token_axes=None,
+                   weight_spec=None, interpret: Optional[bool] = None):
   """Batched convenience form used by the losses: log-probs and entropies per position.
 
   Args:
     hidden: [B, T, D]; weight: [D, V]; targets: [B, T] int.
-    temperature, chunk_size, impl, block_tokens, block_vocab, mesh, token_axes: as in
-      `fused_logprob` (chunk_size counts tokens, i.e. rows of the flattened [B * T] batch;
-      token_axes shard B).
+    temperature, chunk_size, impl, block_tokens, block_vocab, mesh, token_axes,
+      weight_spec, interpret: as in `fused_logprob` (chunk_size counts tokens, i.e. rows
+      of the flattened [B * T] batch; token_axes shard B).
 
   Returns:
     (logp [B, T], entropy [B, T]) float32.
@@ -213,19 +246,93 @@ def token_logprobs(hidden: jax.Array, weight: jax.Array, targets: jax.Array, *,
   out = fused_logprob(hidden.reshape(B * T, D), weight, targets.reshape(B * T),
                       temperature=temperature, return_entropy=True, impl=impl,
                       chunk_size=chunk_size, block_tokens=block_tokens,
-                      block_vocab=block_vocab, mesh=mesh, token_axes=token_axes)
+                      block_vocab=block_vocab, mesh=mesh, token_axes=token_axes,
+                      weight_spec=weight_spec, interpret=interpret)
   return out.logprob.reshape(B, T), out.entropy.reshape(B, T)
 
 
+# ---------------------------------------------------------------------- sharding
+def _as_axes(entry) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def split_axes(mesh: jax.sharding.Mesh, token_axes: Any, num_tokens: int) -> tuple[str, ...]:
+  """Mesh axes that split `num_tokens` tokens, major to minor: the batch axes
+  `token_axes` (size-1 axes dropped), then every other mesh axis of size > 1 that divides
+  what is left (an axis that does not is logged: its devices repeat the same tokens).
+
+  Raises:
+    ValueError: the batch axes do not divide num_tokens, or name an unknown mesh axis.
+  """
+  given = _as_axes(token_axes)
+  unknown = [a for a in given if a not in mesh.shape]
+  if unknown:
+    raise ValueError(f"token_axes {unknown} are not axes of the mesh {dict(mesh.shape)}")
+  axes = [a for a in given if mesh.shape[a] > 1]
+  n = math.prod(mesh.shape[a] for a in axes)
+  if num_tokens % n:
+    raise ValueError(f"{num_tokens} tokens do not split over the batch axes {axes} "
+                     f"({n} shards)")
+  for a in mesh.axis_names:
+    if a in given or mesh.shape[a] == 1:
+      continue
+    if num_tokens % (n * mesh.shape[a]) == 0:
+      axes.append(a)
+      n *= mesh.shape[a]
+    else:
+      logging.log_first_n(logging.WARNING, "fused log-prob: %d tokens do not split over mesh "
+                          "axis %r as well; its %d devices compute the same tokens", 4,
+                          num_tokens, a, mesh.shape[a])
+  return tuple(axes)
+
+
+def default_weight_spec(mesh: jax.sharding.Mesh, shape) -> P:
+  """Layout of an LM head [D, V] under r1jax.sharding.DEFAULT_RULES (embed, vocab)."""
+  from r1jax import sharding as shd
+  return shd.logical_to_spec(("embed", "vocab"), shape, mesh, shd.DEFAULT_RULES,
+                             on_indivisible="replicate")
+
+
+def _reduce_weight_grad(dw: jax.Array, spec: _Spec) -> jax.Array:
+  """Local d W partial sums -> the sum over the token axes, in W's layout (inside
+  shard_map): psum_scatter along each dim over its token axes, psum over the others; a
+  layout axis that does not split tokens (its devices hold equal sums) is a local slice."""
+  layout = list(spec.weight_spec or P()) + [None] * (dw.ndim - len(spec.weight_spec or P()))
+  tokens = set(spec.token_axes)
+  scattered = set()
+  for dim, entry in enumerate(layout):
+    names = [a for a in _as_axes(entry) if spec.mesh.shape[a] > 1]
+    if not names:
+      continue
+    if all(a in tokens for a in names):
+      dw = jax.lax.psum_scatter(dw, tuple(names), scatter_dimension=dim, tiled=True)
+      scattered.update(names)
+    else:  # slice (major to minor), summing over the token axes among them first
+      for a in names:
+        if a in tokens:
+          dw = jax.lax.psum_scatter(dw, a, scatter_dimension=dim, tiled=True)
+          scattered.add(a)
+        else:
+          size = dw.shape[dim] // spec.mesh.shape[a]
+          dw = jax.lax.dynamic_slice_in_dim(dw, jax.lax.axis_index(a) * size, size, dim)
+  rest = tuple(a for a in spec.token_axes if a not in scattered)
+  return jax.lax.psum(dw, rest) if rest else dw
+
+
+def _sharded(fn, spec: _Spec, in_specs, out_specs, check_vma=False):
+  """fn per device under shard_map over spec.token_axes, or fn itself when unsharded."""
+  if spec.mesh is None:
+    return fn
+  return jax.shard_map(fn, mesh=spec.mesh, in_specs=in_specs, out_specs=out_specs,
+                       check_vma=check_vma)
+
+
 # ---------------------------------------------------------------------- naive reference
-def _compute_dtype(h, w):
-  return jnp.promote_types(h.dtype, w.dtype)
-
-
 def _logits(h, w, temperature):
-  """[C, D] x [D, V] -> [C, V] float32 logits / T (inputs in their common dtype)."""
-  dt = _compute_dtype(h, w)
-  return jnp.dot(h.astype(dt), w.astype(dt), preferred_element_type=jnp.float32) / temperature
+  """[C, D] x [D, V] -> [C, V] float32 logits / T, products in h's dtype."""
+  return jnp.dot(h, w.astype(h.dtype), preferred_element_type=jnp.float32) / temperature
 
 
 def _naive(h, w, y, temperature):
@@ -234,6 +341,14 @@ def _naive(h, w, y, temperature):
   logp = jnp.take_along_axis(logsm, y[:, None], axis=-1)[:, 0]
   ent = -jnp.sum(jnp.exp(logsm) * logsm, axis=-1)
   return logp, ent
+
+
+def _naive_sharded(h, w, y, spec: _Spec):
+  tok = P(spec.token_axes)
+  # check_vma: autodiff then psums the replicated head's cotangent itself.
+  run = _sharded(functools.partial(_naive, temperature=spec.temperature), spec,
+                 (P(spec.token_axes, None), P(), tok), (tok, tok), check_vma=True)
+  return run(h, w.astype(h.dtype), y)
 
 
 # ---------------------------------------------------------------------- fused custom_vjp
@@ -262,26 +377,26 @@ def _forward_chunked(h, w, y, spec: _Spec):
   return tuple(x.reshape(n * C)[:N] for x in out)
 
 
-def _forward(h, w, y, spec: _Spec):
-  """(logp, entropy, lse), each [N] float32, by the configured implementation."""
+def _forward_local(h, w, y, spec: _Spec):
+  """(logp, entropy, lse), each [n] float32, of this device's tokens; w in h's dtype."""
   if spec.impl == "chunked":
     return _forward_chunked(h, w, y, spec)
   if spec.impl in ("pallas_tpu", "pallas_gpu"):
-    dt = _compute_dtype(h, w)
     if spec.impl == "pallas_gpu":
       from r1jax.kernels import logprob_gpu as kernel
     else:
       from r1jax.kernels import logprob_tpu as kernel
-    run = functools.partial(kernel.forward, temperature=spec.temperature,
-                            block_tokens=spec.block_tokens, block_vocab=spec.block_vocab,
-                            interpret=spec.interpret)
-    if spec.mesh is not None and spec.token_axes:
-      P = jax.sharding.PartitionSpec
-      tok = P(spec.token_axes)
-      run = jax.shard_map(run, mesh=spec.mesh, in_specs=(P(spec.token_axes, None), P(), tok),
-                          out_specs=(tok, tok, tok), check_vma=False)
-    return run(h.astype(dt), w.astype(dt), y)
+    return kernel.forward(h, w, y, temperature=spec.temperature,
+                          block_tokens=spec.block_tokens, block_vocab=spec.block_vocab,
+                          interpret=spec.interpret)
   raise ValueError(f"unknown fused impl {spec.impl!r}")
+
+
+def _forward(h, w, y, spec: _Spec):
+  tok = P(spec.token_axes)
+  run = _sharded(functools.partial(_forward_local, spec=spec), spec,
+                 (P(spec.token_axes, None), P(), tok), (tok, tok, tok))
+  return run(h, w.astype(h.dtype), y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -298,39 +413,49 @@ def _fused_fwd(h, w, y, spec):
 def _fused_bwd(spec, res, cts):
   h, w, y, lse, ent = res
   g_lp, g_ent = cts
-  dh, dw = _backward_chunked(h, w, y, lse, ent, g_lp, g_ent, spec)
-  return dh, dw, None
+  tok = P(spec.token_axes)
+
+  def local(h, wc, y, lse, ent, g_lp, g_ent):
+    dh, dw = _backward_chunked(h, wc, y, lse, ent, g_lp, g_ent, spec)
+    if spec.mesh is not None:
+      dw = _reduce_weight_grad(dw, spec)
+    return dh, dw
+
+  run = _sharded(local, spec, (P(spec.token_axes, None), P(), tok, tok, tok, tok, tok),
+                 (P(spec.token_axes, None), spec.weight_spec or P()))
+  dh, dw = run(h, w.astype(h.dtype), y, lse, ent, g_lp.astype(jnp.float32),
+               g_ent.astype(jnp.float32))
+  return dh, dw.astype(w.dtype), None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
 def _backward_chunked(h, w, y, lse, ent, g_lp, g_ent, spec: _Spec):
-  """d hidden [N, D] and d lm_head [D, V], recomputing logits per chunk of C tokens."""
+  """d hidden [n, D] (h's dtype) and the float32 d lm_head [D, V] of this device's tokens,
+  recomputing logits per chunk of C tokens; w is in h's dtype."""
   N, D = h.shape
   V = w.shape[1]
-  dt = _compute_dtype(h, w)
+  dt = h.dtype
   C = min(spec.chunk_size, N)
   n = -(-N // C)
   rows = lambda x: _pad_rows(x, n * C).reshape(n, C, *x.shape[1:])
   # Padded rows have zero cotangents, hence zero d logits.
-  xs = (rows(h), rows(y), rows(lse), rows(ent), rows(g_lp.astype(jnp.float32)),
-        rows(g_ent.astype(jnp.float32)))
-  wc = w.astype(dt)
+  xs = (rows(h), rows(y), rows(lse), rows(ent), rows(g_lp), rows(g_ent))
   inv_t = 1.0 / spec.temperature
 
   def body(dw, x):
     hc, yc, lsec, entc, glp, gent = x
-    logits = _logits(hc, wc, spec.temperature)
+    logits = _logits(hc, w, spec.temperature)
     p = jnp.exp(logits - lsec[:, None])
     mean_l = (lsec - entc)[:, None]  # E_p[l] = lse - H
     onehot = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == yc[:, None]
     dl = (jnp.where(onehot, glp[:, None], 0.0) - p * (glp[:, None] + gent[:, None] *
                                                       (logits - mean_l))) * inv_t
     dl = dl.astype(dt)
-    dhc = jnp.dot(dl, wc.T, preferred_element_type=jnp.float32)
-    dw = dw + jnp.dot(hc.astype(dt).T, dl, preferred_element_type=jnp.float32)
+    dhc = jnp.dot(dl, w.T, preferred_element_type=jnp.float32)
+    dw = dw + jnp.dot(hc.T, dl, preferred_element_type=jnp.float32)
     return dw, dhc
 
   dw, dh = jax.lax.scan(body, jnp.zeros((D, V), jnp.float32), xs)
-  return dh.reshape(n * C, D)[:N].astype(h.dtype), dw.astype(w.dtype)
+  return dh.reshape(n * C, D)[:N].astype(dt), dw

@@ -51,7 +51,7 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
         hk = h_ref[:, pl.ds(k * bd, bd)]
         wk = plgpu.load(w_ref.at[pl.ds(k * bd, bd), pl.ds(j * bv, bv)],
                         mask=vmask[None, :], other=0.0)
-      return acc + pl.dot(hk, wk)
+      return acc + jnp.dot(hk, wk, preferred_element_type=jnp.float32)
 
     acc = jax.lax.fori_loop(0, n_d, d_step, jnp.zeros((bn, bv), jnp.float32))
     return acc * inv_temperature, cols, vmask

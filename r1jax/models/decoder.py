@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from r1jax import sharding as shd
 from r1jax.models.config import ModelConfig
 from r1jax.models.lora import LoraDense, lora_targeted
 
@@ -69,6 +70,16 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 
 
 # --------------------------------------------------------------------------- layers
+def constrain_hidden(x):
+  """Hidden states at a layer boundary ([B, T, D], [B, G, N, D], [B, G, D] or a tuple of
+  them) pinned by logical name: batch over the batch axes, the rest by the rules
+  (`r1jax.sharding.constrain`; the identity outside an activation_sharding context)."""
+  if isinstance(x, tuple):
+    return tuple(constrain_hidden(u) for u in x)
+  axes = ("batch",) + (None,) * (x.ndim - 3) + ("length", "activation_embed")
+  return shd.constrain(x, axes)
+
+
 def _init(axes, std=0.02):
   return nn.with_logical_partitioning(nn.initializers.normal(std), axes)
 
@@ -230,12 +241,13 @@ class Block(nn.Module):
     # x is an array, or a (prompt, completion) pair in the grouped training forward.
     each = lambda f, v: tuple(f(u) for u in v) if isinstance(v, tuple) else f(v)
     add = lambda a, b: tuple(u + w for u, w in zip(a, b)) if isinstance(a, tuple) else a + b
+    x = constrain_hidden(x)
     attn_norm = RMSNorm(self.cfg, name="attn_norm")
     h, kv = Attention(self.cfg, name="attn")(each(attn_norm, x), positions, mask, decode, cache)
     x = add(x, h)
     mlp_norm, mlp = RMSNorm(self.cfg, name="mlp_norm"), MLP(self.cfg, name="mlp")
     x = add(x, each(lambda u: mlp(mlp_norm(u)), x))
-    return x, kv
+    return constrain_hidden(x), kv
 
 
 class Decoder(nn.Module):
@@ -250,6 +262,7 @@ class Decoder(nn.Module):
                            (cfg.vocab_size, cfg.hidden_size), cfg.jnp_param_dtype)
     embed = lambda t: jnp.take(embedding, t, axis=0).astype(cfg.jnp_dtype)
     x = tuple(embed(t) for t in tokens) if isinstance(tokens, tuple) else embed(tokens)
+    x = constrain_hidden(x)
     block = Block
     if self.remat:
       block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
@@ -259,7 +272,8 @@ class Decoder(nn.Module):
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, kv = stack(cfg, name="layers")(x, positions, mask, decode, cache)
     final_norm = RMSNorm(cfg, name="final_norm")
-    x = tuple(final_norm(u) for u in x) if isinstance(x, tuple) else final_norm(x)
+    x = constrain_hidden(tuple(final_norm(u) for u in x) if isinstance(x, tuple)
+                         else final_norm(x))
     if not cfg.tie_word_embeddings:
       # Created here so init() builds it; applied by `logits()`.
       self.param("lm_head", _init(("embed", "vocab")), (cfg.hidden_size, cfg.vocab_size),
@@ -407,6 +421,10 @@ class KVCache(NamedTuple):
   prompt_k, prompt_v: [L, B, P, K, Dh]; written once by `prefill`, shared by the G samples.
   gen_k, gen_v: [L, B, G, N, K, Dh]; slot n holds completion token n of each sample.
   prompt_mask: [B, P] bool, True at real (non-padding) prompt tokens.
+
+  The decode step attends to all N completion slots (masking those not yet written), so its
+  cost follows N, not the completion budget: the sampler starts with a small N and doubles
+  it with `grow_cache` only when the samples reach the end of the cache.
   """
   prompt_k: jax.Array
   prompt_v: jax.Array
@@ -436,6 +454,23 @@ def prefill(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array, prompt_l
   L, K, Dh = cfg.num_layers, cfg.num_kv_heads, cfg.head_dim
   gen = jnp.zeros((L, B, num_samples, max_new_tokens, K, Dh), k.dtype)
   return last, KVCache(k, v, gen, gen, seg.astype(bool))
+
+
+def grow_cache(cache: KVCache, slots: int) -> KVCache:
+  """The same cache with `slots` completion slots: slots [0, N) kept, the new ones zeros.
+
+  A power-of-two growth schedule (the sampler's) copies each filled slot at most
+  log2(budget / first size) times, O(generated tokens) in all, and keeps the cache and the
+  per-step attention within 2x of the longest sample so far instead of the budget.
+
+  Raises:
+    ValueError: `slots` is smaller than the cache's N.
+  """
+  n = cache.gen_k.shape[3]
+  if slots < n:
+    raise ValueError(f"grow_cache: slots={slots} is smaller than the cache's {n} slots")
+  pad = ((0, 0),) * 3 + ((0, slots - n),) + ((0, 0),) * 2
+  return cache._replace(gen_k=jnp.pad(cache.gen_k, pad), gen_v=jnp.pad(cache.gen_v, pad))
 
 
 def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,

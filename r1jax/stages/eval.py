@@ -22,6 +22,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from r1jax import sampling
 from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples

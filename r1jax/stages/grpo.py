@@ -174,7 +174,7 @@ def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: fl
 
 
 def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: float,
-                    kernel: dict):
+                    kernel: dict, rules: Optional[dict] = None):
   """Jitted (params, batch) -> completion log-probs [B, G, N], micro-batched like the update.
 
   Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
@@ -184,7 +184,8 @@ def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: floa
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
                                                     kernel=kernel, remat=False)[0], micro)
     return trainer_lib.merge_micro(lp)
-  return jax.jit(ref, out_shardings=shd.batch_sharding(mesh, 3))
+  return jax.jit(shd.with_activation_sharding(ref, mesh, rules or shd.DEFAULT_RULES),
+                 out_shardings=shd.batch_sharding(mesh, 3))
 
 
 # ---------------------------------------------------------------------- evaluation
@@ -265,8 +266,11 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   gcfg = s.grpo
   optimizer, schedule = trainer_lib.make_optimizer(settings_lib.optimizer_config(
       config, decay_steps=config.steps, updates_per_step=rl.num_iterations))
-  kernel = kernel_lib.kwargs_from_config(config.kernels, mesh,
-                                         shd.batch_sharding(mesh, 1).spec[0])
+  kernel = kernel_lib.kwargs_from_config(
+      config.kernels, mesh, shd.batch_sharding(mesh, 1, rules).spec[0],
+      # d W of the fused log-prob is reduce-scattered straight into the head's own layout.
+      weight_spec=shd.logical_to_spec(("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size),
+                                      mesh, rules))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
   trainer = policy.trainer(mesh, loss_fn, optimizer, s.num_micro, rules)
@@ -274,9 +278,10 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   state, ref_params = policy.init(trainer, loaded.params, config.seed, reference=gcfg.beta > 0)
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
-                               kernel=kernel)
+                               kernel=kernel, rules=rules)
   ref_logprob_fn = (logprob_fn if policy.base_cfg == cfg else make_logprob_fn(
-      policy.base_cfg, mesh, s.num_micro, temperature=rl.temperature, kernel=kernel))
+      policy.base_cfg, mesh, s.num_micro, temperature=rl.temperature, kernel=kernel,
+      rules=rules))
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh,
                              rules=sampler_rules)
   # The sampler may lay the same params out differently (e.g. replicated for decoding while

@@ -116,8 +116,11 @@ def run(config) -> dict[str, Any]:
   steps = config.steps or int(round(config.num_epochs * data_iter.batches_per_epoch()))
   optimizer, schedule = trainer_lib.make_optimizer(
       settings_lib.optimizer_config(config, decay_steps=steps))
-  kernel = kernel_lib.kwargs_from_config(config.kernels, mesh,
-                                         shd.batch_sharding(mesh, 1, rules).spec[0])
+  kernel = kernel_lib.kwargs_from_config(
+      config.kernels, mesh, shd.batch_sharding(mesh, 1, rules).spec[0],
+      # d W of the fused log-prob is reduce-scattered straight into the head's own layout.
+      weight_spec=shd.logical_to_spec(("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size),
+                                      mesh, rules))
   loss_fn = sft_lib.make_loss_fn(cfg, kernel=kernel, remat=config.remat)
   frozen = None
   if s.teacher is not None:

@@ -161,7 +161,7 @@ class Trainer:
     M = self.num_micro
     optimizer = self.optimizer
     with_frozen = self.frozen_axes is not None
-    loss_fn = self.loss_fn
+    loss_fn = shd.with_activation_sharding(self.loss_fn, self.mesh, self.rules)
 
     def update(state: TrainState, batch: dict, denominator, frozen):
       micro = jax.tree.map(lambda x: split_micro(x, M), batch)
@@ -196,8 +196,10 @@ class Trainer:
 
     return update
 
-  def _jit_update(self, batch, frozen):
-    """The jitted update with explicit in/out shardings for this batch structure."""
+  def jit_update(self, batch, frozen=None):
+    """The jitted update, exactly as `update` runs it, with explicit in/out shardings for
+    this batch structure: (state, sharded batch, float32 denominator, frozen) ->
+    (state, metrics). For compiled-program checks and tools (`.lower(...).compile()`)."""
     batch_shardings = {k: shd.batch_sharding(self.mesh, np.ndim(v), self.rules)
                        for k, v in batch.items()}
     frozen_sh = None if frozen is None else self.param_shardings(frozen, self.frozen_axes)
@@ -233,7 +235,7 @@ class Trainer:
                        f"that are multiples of the {div} batch shards")
     keys = tuple(sorted(batch))
     if self._update is None or self._update[0] != keys:
-      self._update = (keys, self._jit_update(batch, frozen))
+      self._update = (keys, self.jit_update(batch, frozen))
     batch = self.shard_batch(batch)
     return self._update[1](state, batch, jnp.float32(denominator), frozen)
 
@@ -263,7 +265,7 @@ class Trainer:
     arguments, outputs, temporaries and their sum `peak_bytes` (an upper bound: donated
     arguments alias outputs). Compiles the update once more; for tools, not the loop."""
     self._check_frozen(frozen)
-    fn = self._jit_update(batch, frozen)
+    fn = self.jit_update(batch, frozen)
     ma = fn.lower(state, self.shard_batch(batch), jnp.float32(denominator), frozen).compile()
     ma = ma.memory_analysis()
     out = {"argument_bytes": int(ma.argument_size_in_bytes),
