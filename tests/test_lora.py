@@ -327,27 +327,22 @@ def _checkpoint_params(run_dir):
   return out["state"][0] if isinstance(out["state"], (list, tuple)) else out["state"]["params"]
 
 
-def test_grpo_with_lora_resumes_exactly_and_exports(tmp_path):
+def _rows(c):
+  return [json.loads(l) for l in open(os.path.join(c.run_dir, "metrics.jsonl")) if '"loss"' in l]
+
+
+def test_grpo_with_lora_trains_adapters_and_exports(tmp_path):
+  """One 2-step run: the reference is the base (KL 0 while B = 0), checkpoints hold the
+  adapters only, the run directory loads as the merged model, the PEFT export holds the
+  checkpoint's adapters."""
   a = _stage_config(tmp_path / "a", steps=2)
   stage.run(a)
-  b = _stage_config(tmp_path / "b", steps=1)
-  stage.run(b)
-  b.steps, b.resume = 2, True
-  stage.run(b)
-  rows = lambda c: [json.loads(l) for l in open(os.path.join(c.run_dir, "metrics.jsonl"))
-                    if '"loss"' in l]
-  ra, rb = rows(a), rows(b)
-  assert [r["step"] for r in rb] == [1, 2]
+  ra = _rows(a)
   # Step 1: B = 0, so the policy is the base (the reference): KL 0. Step 2: adapters moved.
   assert ra[0]["kl"] == 0 and ra[1]["kl"] > 0 and ra[0]["grad_norm"] > 0
-  for key in ("loss", "kl", "grad_norm", "reward"):
-    assert ra[-1][key] == rb[-1][key], key
-  pa, pb = _checkpoint_params(a.run_dir), _checkpoint_params(b.run_dir)
+  pa = _checkpoint_params(a.run_dir)
   assert {k for p, _ in jax.tree_util.tree_leaves_with_path(pa) for k in [p[-1].key]} == {
       "lora_a", "lora_b"}  # checkpoints hold the adapters only
-  for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb)):
-    np.testing.assert_array_equal(x, y)
-  # The run directory loads as the merged model; the PEFT export holds the same adapters.
   loaded = models.load(a.run_dir)
   assert loaded.config.lora is None
   base = models.load("tiny-random", tiny=a.tiny_model.to_dict(), seed=a.seed).params
@@ -358,4 +353,22 @@ def test_grpo_with_lora_resumes_exactly_and_exports(tmp_path):
   _, ad = peft_format.load_adapters(os.path.join(a.run_dir, adapters_lib.PEFT_DIR),
                                     loaded.config)
   for x, y in zip(jax.tree.leaves(ad), jax.tree.leaves(pa)):
+    np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.slow  # three short stage runs
+def test_grpo_with_lora_resumes_exactly(tmp_path):
+  """2 steps uninterrupted == 1 step, then resume to 2 (adapters, metrics, dropout masks)."""
+  a = _stage_config(tmp_path / "a", steps=2)
+  stage.run(a)
+  b = _stage_config(tmp_path / "b", steps=1)
+  stage.run(b)
+  b.steps, b.resume = 2, True
+  stage.run(b)
+  ra, rb = _rows(a), _rows(b)
+  assert [r["step"] for r in rb] == [1, 2]
+  for key in ("loss", "kl", "grad_norm", "reward"):
+    assert ra[-1][key] == rb[-1][key], key
+  for x, y in zip(jax.tree.leaves(_checkpoint_params(a.run_dir)),
+                  jax.tree.leaves(_checkpoint_params(b.run_dir))):
     np.testing.assert_array_equal(x, y)

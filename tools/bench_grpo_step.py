@@ -24,6 +24,7 @@ import importlib.util
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -178,18 +179,24 @@ def child_args(argv, drop):
 
 def compare_lora(args) -> None:
   """Four runs back to back, each in a fresh process: (full, LoRA) x (beta 0, --beta)."""
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   passed = child_args(sys.argv[1:], drop=("--compare-lora", "--beta", "--lora"))
   runs = {}
   for name, extra in (("full_beta0", ["--beta", "0"]),
                       ("full_beta", ["--beta", str(args.beta)]),
                       ("lora_beta0", ["--beta", "0", "--lora", str(args.compare_lora)]),
                       ("lora_beta", ["--beta", str(args.beta), "--lora", str(args.compare_lora)])):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), *passed, *extra],
-                         capture_output=True, text=True, cwd=ROOT)
-    if out.returncode:
-      sys.stderr.write(out.stdout[-3000:] + out.stderr[-3000:])
-      raise SystemExit(f"variant {name} failed (exit {out.returncode})")
-    runs[name] = json.loads(out.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *passed, *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+      stdout, stderr = child.communicate()
+    finally:  # a killed parent (timeout's SIGTERM) takes its running variant with it
+      if child.poll() is None:
+        child.kill()
+    if child.returncode:
+      sys.stderr.write(stdout[-3000:] + stderr[-3000:])
+      raise SystemExit(f"variant {name} failed (exit {child.returncode})")
+    runs[name] = json.loads(stdout.strip().splitlines()[-1])
     print(name, json.dumps(runs[name]), flush=True)
   keys = ("step_s", "update_s", "reference_s", "peak_rss_gb", "state_mb_per_device",
           "update_peak_mb_per_device")
