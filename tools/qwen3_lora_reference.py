@@ -1,7 +1,7 @@
 """Regenerate the Qwen3 and LoRA reference data of tests/test_qwen3.py and tests/test_lora.py
 with transformers and peft (the default test suite then needs neither torch nor peft).
 
-  pip install -e .[test]          # transformers, torch, peft
+  pip install -e .[reference]     # transformers, torch, peft
   python tools/qwen3_lora_reference.py [--out tests/data]
 
 Writes, all float32 and written by the libraries themselves (no hub access):
