@@ -8,8 +8,9 @@ param-space merge W + s A B inside the jitted forward. At scale this is the chea
   * memory: no merged [in, out] weight per layer and, in the backward pass, no full-size
     weight gradient dW = x^T dy (the merge needs it to get dA, dB; here dA, dB come from the
     small [tokens, r] activations); the base stays in whatever dtype and sharding it has;
-  * compute: the frozen W needs only activation gradients, so about a third of full
-    fine-tuning's backward FLOPs are gone; the adapter adds two rank-r matmuls per projection;
+  * compute: the frozen W needs only activation gradients, so the weight-gradient matmuls
+    (about half of full fine-tuning's backward FLOPs in the projections) are gone; the
+    adapter adds two rank-r matmuls per projection;
   * decoding: the sampler runs the same forward, paying two rank-r matvecs per step instead
     of re-merging A B into every weight at every step (or holding a merged copy).
 Exporting merges once, on the host (`merge`).
