@@ -182,10 +182,12 @@ def compare_lora(args) -> None:
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   passed = child_args(sys.argv[1:], drop=("--compare-lora", "--beta", "--lora"))
   runs = {}
-  for name, extra in (("full_beta0", ["--beta", "0"]),
-                      ("full_beta", ["--beta", str(args.beta)]),
-                      ("lora_beta0", ["--beta", "0", "--lora", str(args.compare_lora)]),
-                      ("lora_beta", ["--beta", str(args.beta), "--lora", str(args.compare_lora)])):
+  # beta > 0 first (where the reference's copy shows); each variant's line is printed as it
+  # finishes, so a cut-short comparison still leaves its finished variants.
+  for name, extra in (("full_beta", ["--beta", str(args.beta)]),
+                      ("lora_beta", ["--beta", str(args.beta), "--lora", str(args.compare_lora)]),
+                      ("full_beta0", ["--beta", "0"]),
+                      ("lora_beta0", ["--beta", "0", "--lora", str(args.compare_lora)])):
     child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *passed, *extra],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
