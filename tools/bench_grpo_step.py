@@ -181,7 +181,7 @@ def compare_lora(args) -> None:
   """Four runs back to back, each in a fresh process: (full, LoRA) x (beta 0, --beta)."""
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   passed = child_args(sys.argv[1:], drop=("--compare-lora", "--beta", "--lora"))
-  runs = {}
+  runs, failed = {}, {}
   # beta > 0 first (where the reference's copy shows); each variant's line is printed as it
   # finishes, so a cut-short comparison still leaves its finished variants.
   for name, extra in (("full_beta", ["--beta", str(args.beta)]),
@@ -195,22 +195,26 @@ def compare_lora(args) -> None:
     finally:  # a killed parent (timeout's SIGTERM) takes its running variant with it
       if child.poll() is None:
         child.kill()
-    if child.returncode:
+    if child.returncode:  # recorded (e.g. -9: killed for memory); the others still run
       sys.stderr.write(stdout[-3000:] + stderr[-3000:])
-      raise SystemExit(f"variant {name} failed (exit {child.returncode})")
+      failed[name] = child.returncode
+      print(name, f"failed (exit {child.returncode})", flush=True)
+      continue
     runs[name] = json.loads(stdout.strip().splitlines()[-1])
     print(name, json.dumps(runs[name]), flush=True)
   keys = ("step_s", "update_s", "reference_s", "peak_rss_gb", "state_mb_per_device",
           "update_peak_mb_per_device")
-  ratio = lambda a, b, k: round(runs[a][k] / runs[b][k], 3) if runs[b][k] else None
+  ratio = lambda a, b, k: (round(runs[a][k] / runs[b][k], 3)
+                          if a in runs and b in runs and runs[b][k] else None)
+  rss = lambda n: runs[n]["peak_rss_gb"] if n in runs else None
+  diff = lambda a, b: round(rss(a) - rss(b), 2) if rss(a) and rss(b) else None
   result = {"lora_rank": args.compare_lora, "beta": args.beta, "order": list(runs),
+            "failed_exit_codes": failed,
             "runs": {n: {k: r[k] for k in keys + ("params",)} for n, r in runs.items()},
             "lora_over_full_beta0": {k: ratio("lora_beta0", "full_beta0", k) for k in keys},
             "lora_over_full_beta": {k: ratio("lora_beta", "full_beta", k) for k in keys},
-            "beta_cost_rss_gb": {"full": round(runs["full_beta"]["peak_rss_gb"] -
-                                               runs["full_beta0"]["peak_rss_gb"], 2),
-                                 "lora": round(runs["lora_beta"]["peak_rss_gb"] -
-                                               runs["lora_beta0"]["peak_rss_gb"], 2)}}
+            "beta_cost_rss_gb": {"full": diff("full_beta", "full_beta0"),
+                                 "lora": diff("lora_beta", "lora_beta0")}}
   print(json.dumps(result))
 
 
