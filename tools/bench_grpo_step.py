@@ -3,6 +3,8 @@
 python tools/bench_grpo_step.py [--model smollm2-135m-instruct] [--prompts 8] [--samples 4]
                                 [--new-tokens 128] [--steps 3] [--micro-batch 8]
                                 [--devices 8] [--preset dp|fsdp|fsdp_tp] [--mesh data=1,fsdp=4,tensor=2]
+                                [--lora 16] [--lora-base-dtype bfloat16]
+python tools/bench_grpo_step.py --compare-lora 16 --prompts 4 --samples 4 --new-tokens 64
 
 Runs the real GRPO stage (configs/grpo.py) for --steps steps with every sample forced to
 generate exactly --new-tokens tokens (no stop strings, EOS suppressed from the stop set),
@@ -11,13 +13,19 @@ Also reports the peak RSS of the process and, per device, XLA's memory analysis 
 compiled update (params + optimizer state + batch + temporaries on one device).
 --devices N runs on N fake CPU devices (XLA_FLAGS, set before JAX starts); --preset picks
 the sharding rules and, unless --mesh is given, the mesh that goes with them
-(r1jax.sharding.PRESET_MESHES). Prints a JSON object on its last line.
+(r1jax.sharding.PRESET_MESHES). --lora R trains rank-R LoRA adapters instead of the whole
+model (lora.rank; the reference policy is then the base with adapters off).
+--compare-lora R runs four variants back to back, each in its own process (peak RSS is per
+process): full fine-tuning and LoRA rank R, each with beta = 0 and with --beta, and reports
+each variant's figures and LoRA / full ratios. Prints a JSON object on its last line.
 """
 import argparse
 import importlib.util
 import json
 import os
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 
@@ -42,7 +50,13 @@ def main():
   ap.add_argument("--tiny-width", type=int, default=0,
                   help="with --model tiny-random: hidden size (MLP 4x, heads of 32)")
   ap.add_argument("--tiny-layers", type=int, default=2)
+  ap.add_argument("--lora", type=int, default=0, help="LoRA rank (0 = full fine-tuning)")
+  ap.add_argument("--lora-base-dtype", default="", help="lora.base_dtype ('' = param_dtype)")
+  ap.add_argument("--compare-lora", type=int, default=0,
+                  help="run full vs LoRA of this rank, beta 0 and --beta, back to back")
   args = ap.parse_args()
+  if args.compare_lora:
+    return compare_lora(args)
   if args.devices:
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -65,6 +79,8 @@ def main():
   c.rl.max_new_tokens = args.new_tokens
   c.rl.stop_strings = ""
   c.rl.beta = args.beta
+  c.lora.rank = args.lora
+  c.lora.base_dtype = args.lora_base_dtype
   c.data.template = args.template
   c.remat = args.remat
   c.sharding.preset = args.preset
@@ -104,14 +120,14 @@ def main():
   memory = {}
   orig_update = trainer_lib.Trainer.update
 
-  def update(self, state, batch, denominator):
+  def update(self, state, batch, denominator, frozen=None):
     if not memory:
-      memory.update(self.memory_analysis(state, batch, denominator))
+      memory.update(self.memory_analysis(state, batch, denominator, frozen))
       n_params = sum(x.size for x in jax.tree.leaves(state.params))
       memory["params"] = int(n_params)
       memory["state_bytes_per_device"] = int(sum(
           x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(state)))
-    return orig_update(self, state, batch, denominator)
+    return orig_update(self, state, batch, denominator, frozen)
 
   trainer_lib.Trainer.update = update
   try:
@@ -126,7 +142,8 @@ def main():
   tokens = args.prompts * args.samples * args.new_tokens
   result = {
       "model": args.model, "prompts": args.prompts, "samples_per_prompt": args.samples,
-      "new_tokens": args.new_tokens, "beta": args.beta, "remat": args.remat, "steps_timed": len(timed),
+      "new_tokens": args.new_tokens, "beta": args.beta, "remat": args.remat,
+      "lora_rank": args.lora, "steps_timed": len(timed),
       "step_s": round(mean("step_s"), 2),
       "rollout_s": round(mean("seconds/rollout"), 2),
       "reward_s": round(mean("seconds/reward"), 3),
@@ -143,6 +160,61 @@ def main():
       "update_peak_mb_per_device": round(memory.get("peak_bytes", 0) / 2 ** 20, 2),
       "update_temp_mb_per_device": round(memory.get("temp_bytes", 0) / 2 ** 20, 2),
   }
+  print(json.dumps(result))
+
+
+def child_args(argv, drop):
+  """argv without the flags in `drop` (as "--flag value" or "--flag=value")."""
+  out, skip = [], False
+  for a in argv:
+    if skip:
+      skip = False
+      continue
+    if a.split("=", 1)[0] in drop:
+      skip = "=" not in a
+      continue
+    out.append(a)
+  return out
+
+
+def compare_lora(args) -> None:
+  """Four runs back to back, each in a fresh process: (full, LoRA) x (beta 0, --beta)."""
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+  passed = child_args(sys.argv[1:], drop=("--compare-lora", "--beta", "--lora"))
+  runs, failed = {}, {}
+  # beta > 0 first (where the reference's copy shows); each variant's line is printed as it
+  # finishes, so a cut-short comparison still leaves its finished variants.
+  for name, extra in (("full_beta", ["--beta", str(args.beta)]),
+                      ("lora_beta", ["--beta", str(args.beta), "--lora", str(args.compare_lora)]),
+                      ("full_beta0", ["--beta", "0"]),
+                      ("lora_beta0", ["--beta", "0", "--lora", str(args.compare_lora)])):
+    child = subprocess.Popen([sys.executable, os.path.abspath(__file__), *passed, *extra],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+      stdout, stderr = child.communicate()
+    finally:  # a killed parent (timeout's SIGTERM) takes its running variant with it
+      if child.poll() is None:
+        child.kill()
+    if child.returncode:  # recorded (e.g. -9: killed for memory); the others still run
+      sys.stderr.write(stdout[-3000:] + stderr[-3000:])
+      failed[name] = child.returncode
+      print(name, f"failed (exit {child.returncode})", flush=True)
+      continue
+    runs[name] = json.loads(stdout.strip().splitlines()[-1])
+    print(name, json.dumps(runs[name]), flush=True)
+  keys = ("step_s", "update_s", "reference_s", "peak_rss_gb", "state_mb_per_device",
+          "update_peak_mb_per_device")
+  ratio = lambda a, b, k: (round(runs[a][k] / runs[b][k], 3)
+                          if a in runs and b in runs and runs[b][k] else None)
+  rss = lambda n: runs[n]["peak_rss_gb"] if n in runs else None
+  diff = lambda a, b: round(rss(a) - rss(b), 2) if rss(a) and rss(b) else None
+  result = {"lora_rank": args.compare_lora, "beta": args.beta, "order": list(runs),
+            "failed_exit_codes": failed,
+            "runs": {n: {k: r[k] for k in keys + ("params",)} for n, r in runs.items()},
+            "lora_over_full_beta0": {k: ratio("lora_beta0", "full_beta0", k) for k in keys},
+            "lora_over_full_beta": {k: ratio("lora_beta", "full_beta", k) for k in keys},
+            "beta_cost_rss_gb": {"full": diff("full_beta", "full_beta0"),
+                                 "lora": diff("lora_beta", "lora_beta0")}}
   print(json.dumps(result))
 
 

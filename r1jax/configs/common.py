@@ -7,6 +7,7 @@
   c.checkpoint = common.checkpoint(every_steps=10)
   c.log = common.log(plot=True)
   common.add_rewards(c)      # rewards (RL stages)
+  c.lora = common.lora()     # LoRA adapters (off by default)
 
 Variants are selected by argument: `--config=configs/grpo.py:tiny` calls get_config("tiny");
 `select_variant` applies one and names the known ones when the argument is unknown.
@@ -172,6 +173,27 @@ def add_rewards(c: ConfigDict) -> ConfigDict:
   r.rm_batch_size = 16
   r.rm_max_len = 0
   c.rewards = r
+  return c
+
+
+def lora() -> ConfigDict:
+  """The `lora` block: LoRA adapters on the projections (Hu et al. 2021;
+  r1jax/models/lora.py), off by default. With rank > 0 only the adapters train (optimizer
+  state and checkpoints hold only them), the base stays frozen, the RL reference policy is
+  the base with adapters off (no second copy), and run_dir/peft_adapter gets the adapters in
+  the PEFT layout at the end (the run directory itself loads as the merged model)."""
+  c = ConfigDict()
+  # Adapter rank r (0 = off: full fine-tuning).
+  c.rank = 0
+  # The adapter's update is scaled by alpha / rank.
+  c.alpha = 32.0
+  # Dropout on the adapters' input in the training forward.
+  c.dropout = 0.0
+  # Projections that get adapters: any of q,k,v,o,gate,up,down.
+  c.targets = "q,k,v,o,gate,up,down"
+  # Storage dtype of the frozen base: float32 | bfloat16 | float16 ("" = param_dtype, which
+  # the adapters keep).
+  c.base_dtype = ""
   return c
 
 

@@ -112,6 +112,7 @@ def get_config(variant: str = "") -> ConfigDict:
   # (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.
   c.kernels = kernels_config()
   common.add_rewards(c)
+  c.lora = common.lora()
   c.optim = common.optim(learning_rate=1e-5, warmup_steps=3, schedule="constant", b2=0.99)
 
   c.eval = ConfigDict()

@@ -1,4 +1,5 @@
-"""Model configuration shared by the Llama and Qwen2 decoder families."""
+"""Model configuration shared by the Llama, Qwen2 and Qwen3 decoder families, and the
+LoRA adapter settings a model may carry (see r1jax.models.lora)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ from typing import Any, Optional
 
 import jax.numpy as jnp
 
-SUPPORTED_ARCHITECTURES = ("llama", "qwen2")
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+# LoRA target names (config `lora.targets`) -> (module path in a decoder block, HF module name).
+LORA_TARGETS = {
+    "q": (("attn", "q_proj"), "self_attn.q_proj"),
+    "k": (("attn", "k_proj"), "self_attn.k_proj"),
+    "v": (("attn", "v_proj"), "self_attn.v_proj"),
+    "o": (("attn", "o_proj"), "self_attn.o_proj"),
+    "gate": (("mlp", "gate_proj"), "mlp.gate_proj"),
+    "up": (("mlp", "up_proj"), "mlp.up_proj"),
+    "down": (("mlp", "down_proj"), "mlp.down_proj"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,11 +36,46 @@ class RopeScaling:
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """Hyper-parameters of a decoder-only transformer (Llama / Qwen2 family).
+class LoraConfig:
+  """Low-rank adapters on the projections (Hu et al. 2021, "LoRA", eq. 3):
+  h = x W + (alpha / rank) * dropout(x) A B, with A [in, rank], B [rank, out].
 
   Attributes:
-    architecture: "llama" or "qwen2" (qwen2 only differs by q/k/v bias).
+    rank: r >= 1.
+    alpha: scaling numerator; the update is scaled by alpha / rank.
+    dropout: dropout rate on the adapter's input, in [0, 1) (training forward only).
+    targets: projections that get adapters, a tuple of names from LORA_TARGETS
+      (q, k, v, o, gate, up, down), in that canonical order.
+  """
+  rank: int = 16
+  alpha: float = 32.0
+  dropout: float = 0.0
+  targets: tuple = ("q", "k", "v", "o", "gate", "up", "down")
+
+  def __post_init__(self):
+    if int(self.rank) < 1:
+      raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+    if not 0.0 <= float(self.dropout) < 1.0:
+      raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+    targets = tuple(self.targets)
+    unknown = [t for t in targets if t not in LORA_TARGETS]
+    if unknown or not targets:
+      raise ValueError(f"lora.targets has unknown or no names {unknown or list(targets)}; known: "
+                       f"{','.join(LORA_TARGETS)}")
+    object.__setattr__(self, "targets", tuple(t for t in LORA_TARGETS if t in targets))
+
+  @property
+  def scale(self) -> float:
+    return float(self.alpha) / int(self.rank)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hyper-parameters of a decoder-only transformer (Llama / Qwen2 / Qwen3 family).
+
+  Attributes:
+    architecture: "llama", "qwen2" (q/k/v bias) or "qwen3" (per-head RMSNorm of q and k
+      before RoPE, `qk_norm`; Qwen3 technical report 2025, section 2).
     vocab_size: number of token ids V.
     hidden_size: model width D.
     intermediate_size: SwiGLU hidden width F.
@@ -46,6 +92,7 @@ class ModelConfig:
     bos_token_id / eos_token_id / pad_token_id: special ids from the checkpoint (may be None).
     dtype: compute dtype name ("float32", "bfloat16", "float16").
     param_dtype: storage dtype name of the params.
+    lora: LoRA adapters on the projections (None = a plain model); see r1jax.models.lora.
   """
   architecture: str = "llama"
   vocab_size: int = 32000
@@ -66,6 +113,7 @@ class ModelConfig:
   pad_token_id: Optional[int] = None
   dtype: str = "float32"
   param_dtype: str = "float32"
+  lora: Optional[LoraConfig] = None
 
   def __post_init__(self):
     if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -78,6 +126,11 @@ class ModelConfig:
       jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype name
 
   @property
+  def qk_norm(self) -> bool:
+    """Per-head RMSNorm of queries and keys before RoPE (Qwen3)."""
+    return self.architecture == "qwen3"
+
+  @property
   def jnp_dtype(self):
     return jnp.dtype(self.dtype)
 
@@ -88,6 +141,8 @@ class ModelConfig:
   def replace(self, **kw) -> "ModelConfig":
     if isinstance(kw.get("rope_scaling"), dict):
       kw["rope_scaling"] = RopeScaling(**kw["rope_scaling"])
+    if isinstance(kw.get("lora"), dict):
+      kw["lora"] = LoraConfig(**kw["lora"])
     return dataclasses.replace(self, **kw)
 
   def to_dict(self) -> dict[str, Any]:
@@ -101,18 +156,22 @@ class ModelConfig:
       raise ValueError(f"unknown ModelConfig fields: {sorted(unknown)}")
     if isinstance(d.get("rope_scaling"), dict):
       d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+    if isinstance(d.get("lora"), dict):
+      d["lora"] = LoraConfig(**dict(d["lora"], targets=tuple(d["lora"].get("targets", ()))))
     return cls(**d)
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2)
 
   def num_params(self) -> int:
-    """Number of parameters (embedding counted once when tied)."""
+    """Number of parameters of the base model (embedding counted once when tied; LoRA
+    adapters not counted)."""
     D, F, V, L = self.hidden_size, self.intermediate_size, self.vocab_size, self.num_layers
     q = D * self.num_heads * self.head_dim
     kv = 2 * D * self.num_kv_heads * self.head_dim
     bias = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim if self.attention_bias else 0
-    per_layer = q + kv + bias + q + 3 * D * F + 2 * D
+    qk_norm = 2 * self.head_dim if self.qk_norm else 0
+    per_layer = q + kv + bias + q + 3 * D * F + 2 * D + qk_norm
     return V * D * (1 if self.tie_word_embeddings else 2) + L * per_layer + D
 
 

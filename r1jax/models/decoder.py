@@ -1,8 +1,9 @@
-"""Pure-functional Flax decoder for the Llama and Qwen2 families.
+"""Pure-functional Flax decoder for the Llama, Qwen2 and Qwen3 families.
 
-One `ModelConfig` covers both: RMSNorm, rotary position embeddings (with optional
+One `ModelConfig` covers them: RMSNorm, rotary position embeddings (with optional
 Llama-3 frequency scaling), grouped-query attention, SwiGLU MLP, optional q/k/v bias
-(Qwen2) and a tied or separate LM head. The layer stack is an `nn.scan` over stacked
+(Qwen2), optional per-head q/k RMSNorm before RoPE (Qwen3), optional LoRA adapters on the
+projections (r1jax.models.lora) and a tied or separate LM head. The layer stack is an `nn.scan` over stacked
 params, so compile time does not grow with depth.
 
 Params are a plain nested dict (no Flax boxes); `param_logical_axes(cfg)` returns the
@@ -15,8 +16,9 @@ Shapes: B batch, T query length, S key length, D hidden, H query heads, K kv hea
 R = H // K, Dh head dim, F MLP width, V vocab, L layers, P prompt length,
 G samples per prompt, N completion-cache length.
 
-Reference: Touvron et al. 2023 (Llama), Qwen2 technical report 2024; numerics follow
-`transformers`' LlamaModel / Qwen2Model (float32 RMSNorm, rotate-half RoPE).
+Reference: Touvron et al. 2023 (Llama), Qwen2 technical report 2024, Qwen3 technical report
+2025; numerics follow `transformers`' LlamaModel / Qwen2Model / Qwen3Model (float32 RMSNorm,
+rotate-half RoPE).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from r1jax import sharding as shd
 from r1jax.models.config import ModelConfig
+from r1jax.models.lora import LoraDense, lora_targeted
 
 Params = dict[str, Any]
 
@@ -96,6 +99,8 @@ class RMSNorm(nn.Module):
 
 
 def _dense(cfg, features, axis, kernel_axes, bias_axes=None, name=None):
+  if lora_targeted(cfg, name):  # same kernel/bias params and numerics, plus the adapter
+    return LoraDense(cfg, features, axis, kernel_axes, bias_axes, _init(kernel_axes), name=name)
   return nn.DenseGeneral(
       features=features, axis=axis, use_bias=bias_axes is not None, dtype=cfg.jnp_dtype,
       param_dtype=cfg.jnp_param_dtype, kernel_init=_init(kernel_axes),
@@ -135,6 +140,10 @@ class Attention(nn.Module):
     v_proj = _dense(cfg, (K, Dh), -1, ("embed", "kv_heads", "head_dim"), kv_bias, "v_proj")
     o_proj = _dense(cfg, cfg.hidden_size, (-2, -1), ("q_heads", "head_dim", "embed"), None,
                     "o_proj")
+    if cfg.qk_norm:  # Qwen3: RMSNorm over head_dim of each q / k head, before RoPE
+      q_norm, k_norm, q_dense, k_dense = (RMSNorm(cfg, name="q_norm"), RMSNorm(cfg, name="k_norm"),
+                                          q_proj, k_proj)
+      q_proj, k_proj = (lambda u: q_norm(q_dense(u))), (lambda u: k_norm(k_dense(u)))
     inv_freq = rope_inv_freq(cfg)
     scale = Dh ** -0.5
     R = H // K
@@ -257,7 +266,8 @@ class Decoder(nn.Module):
     block = Block
     if self.remat:
       block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
-    stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+    stack = nn.scan(block, variable_axes={"params": 0},
+                    split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast, nn.broadcast, nn.broadcast, 0), out_axes=0,
                     length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, kv = stack(cfg, name="layers")(x, positions, mask, decode, cache)
@@ -282,7 +292,8 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
 def param_logical_axes(cfg: ModelConfig) -> Params:
   """Tree like the params whose leaves are tuples of logical axis names.
 
-  Axis names: vocab, embed, q_heads, kv_heads, head_dim, mlp, norm, layers.
+  Axis names: vocab, embed, q_heads, kv_heads, head_dim, mlp, norm, layers, and lora_rank
+  (LoRA adapters; no sharding rule maps it, so it stays replicated).
   """
   tokens = jnp.zeros((1, 1), jnp.int32)
   abstract = jax.eval_shape(
@@ -314,7 +325,8 @@ def attention_mask(segment_ids: jax.Array) -> jax.Array:
 
 def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
             positions: Optional[jax.Array] = None, segment_ids: Optional[jax.Array] = None,
-            *, remat: bool = False, return_kv: bool = False):
+            *, remat: bool = False, return_kv: bool = False,
+            dropout_rng: Optional[jax.Array] = None):
   """Training / prefill forward pass.
 
   Args:
@@ -325,6 +337,7 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
     segment_ids: [B, T] int32; 0 = padding, >0 = sequence id (default: all ones).
     remat: recompute each block in the backward pass (saves activation memory).
     return_kv: also return the per-layer keys/values ([L, B, T, K, Dh] each).
+    dropout_rng: key of the LoRA dropout (cfg.lora.dropout > 0; None = no dropout).
 
   Returns:
     hidden: [B, T, D] final hidden states in cfg.dtype (after the last RMSNorm);
@@ -336,13 +349,14 @@ def forward(params: Params, cfg: ModelConfig, tokens: jax.Array,
   if segment_ids is None:
     segment_ids = jnp.ones((B, T), jnp.int32)
   hidden, kv = Decoder(cfg, remat=remat).apply({"params": params}, tokens, positions,
-                                               attention_mask(segment_ids))
+                                               attention_mask(segment_ids),
+                                               rngs=_dropout_rngs(dropout_rng))
   return (hidden, kv) if return_kv else hidden
 
 
 def forward_grouped(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array,
                     prompt_lengths: jax.Array, completion_tokens: jax.Array, *,
-                    remat: bool = False):
+                    remat: bool = False, dropout_rng: Optional[jax.Array] = None):
   """Training forward of G completions per prompt with each prompt computed once.
 
   Equivalent to `forward` on the B*G sequences prompt_b + completion_bg (same hidden
@@ -354,6 +368,7 @@ def forward_grouped(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array,
     prompt_lengths: [B] int32 real prompt tokens (>= 1).
     completion_tokens: [B, G, N] int32 (padding after each completion's end is fine).
     remat: recompute each block in the backward pass.
+    dropout_rng: key of the LoRA dropout (cfg.lora.dropout > 0; None = no dropout).
 
   Returns:
     prompt_hidden [B, P, D] and completion_hidden [B, G, N, D] (after the final norm).
@@ -368,8 +383,13 @@ def forward_grouped(params: Params, cfg: ModelConfig, prompt_tokens: jax.Array,
   pc = jnp.broadcast_to(pc, (B, G, N))
   ctx = GroupedInputs(attention_mask(valid.astype(jnp.int32)), valid)
   (hp, hc), _ = Decoder(cfg, remat=remat).apply({"params": params},
-                                                (prompt_tokens, completion_tokens), (pp, pc), ctx)
+                                                (prompt_tokens, completion_tokens), (pp, pc), ctx,
+                                                rngs=_dropout_rngs(dropout_rng))
   return hp, hc
+
+
+def _dropout_rngs(key):
+  return None if key is None else {"dropout": key}
 
 
 def completion_predictors(prompt_hidden: jax.Array, prompt_lengths: jax.Array,

@@ -23,7 +23,8 @@ _GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm",
 _GGUF_BLOCK = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj",
                "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+               "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+               "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm"}
 _HF_GLOBAL = {v: k for k, v in _GGUF_GLOBAL.items()}
 _HF_BLOCK = {v: k for k, v in _GGUF_BLOCK.items()}
 
@@ -185,7 +186,7 @@ def config_from_gguf(ck: GGUFCheckpoint) -> ModelConfig:
       vocab = len(tokens.data)
     else:
       raise ValueError(f"{path}: cannot determine the vocabulary size")
-  if arch == "llama":  # llama.cpp permutes Q/K rows for llama only (not qwen2)
+  if arch == "llama":  # llama.cpp permutes Q/K rows for llama only (not qwen2 / qwen3)
     ck.unpermute_heads = {"q_proj": H, "k_proj": int(K)}
   return ModelConfig(
       architecture=arch, vocab_size=int(vocab), hidden_size=D,

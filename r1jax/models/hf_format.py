@@ -111,17 +111,20 @@ def config_from_hf(d: dict, path: pathlib.Path) -> ModelConfig:
     raise ValueError(f"{path}: unsupported hidden_act {d['hidden_act']!r} (only silu)")
   if d.get("mlp_bias"):
     raise ValueError(f"{path}: mlp_bias=true is not supported")
-  if arch == "llama" and d.get("attention_bias"):
-    # HF Llama then also biases o_proj, which the r1jax decoder does not have.
-    raise ValueError(f"{path}: llama with attention_bias=true (o_proj bias) is not supported")
-  if arch == "qwen2" and d.get("use_sliding_window"):
-    raise ValueError(f"{path}: qwen2 with use_sliding_window=true is not supported")
+  if arch in ("llama", "qwen3") and d.get("attention_bias"):
+    # HF Llama / Qwen3 then also bias o_proj, which the r1jax decoder does not have.
+    raise ValueError(f"{path}: {arch} with attention_bias=true (o_proj bias) is not supported")
+  if arch in ("qwen2", "qwen3") and d.get("use_sliding_window"):
+    raise ValueError(f"{path}: {arch} with use_sliding_window=true is not supported")
   try:
     D, H = int(d["hidden_size"]), int(d["num_attention_heads"])
     theta, scaling = hf_rope(d, path)
     eos = d.get("eos_token_id")
     if isinstance(eos, list):  # several stop ids: keep the first (ModelConfig holds one)
       eos = eos[0] if eos else None
+    if "layer_types" in d and set(d["layer_types"] or ()) - {"full_attention"}:
+      raise ValueError(f"{path}: layer_types {sorted(set(d['layer_types']))} are not supported "
+                       "(only full_attention)")
     return ModelConfig(
         architecture=arch, vocab_size=int(d["vocab_size"]), hidden_size=D,
         intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
@@ -185,13 +188,15 @@ def hf_config_dict(cfg: ModelConfig, dtype: str) -> dict[str, Any]:
     d.update(attention_bias=False, mlp_bias=False)
   else:
     d.update(use_sliding_window=False, sliding_window=None, max_window_layers=cfg.num_layers)
+  if cfg.architecture == "qwen3":
+    d.update(attention_bias=False, layer_types=["full_attention"] * cfg.num_layers)
   return d
 
 
 def save_pretrained(cfg: ModelConfig, params: Params, out_dir: PathLike, *,
                     dtype: str = "float32",
                     max_shard_bytes: Union[int, str, None] = None) -> pathlib.Path:
-  """Export as a Hugging Face model directory (LlamaForCausalLM / Qwen2ForCausalLM).
+  """Export as a Hugging Face model directory (Llama / Qwen2 / Qwen3 ForCausalLM).
 
   Writes config.json and model.safetensors, or model-0000k-of-0000n.safetensors plus
   model.safetensors.index.json when the tensors exceed `max_shard_bytes`. Existing files
@@ -211,14 +216,19 @@ def save_pretrained(cfg: ModelConfig, params: Params, out_dir: PathLike, *,
     The output directory path.
 
   Raises:
-    ValueError: unsupported dtype; params missing, extra or shaped unlike the config; or
-      a llama config with attention_bias (HF Llama would also bias o_proj).
+    ValueError: unsupported dtype; params missing, extra or shaped unlike the config; a
+      llama or qwen3 config with attention_bias (HF would also bias o_proj); or a config
+      with LoRA adapters (merge them first: r1jax.models.lora.merge).
   """
   if dtype not in EXPORT_DTYPES:
     raise ValueError(f"unsupported export dtype {dtype!r}; supported: {EXPORT_DTYPES}")
-  if cfg.architecture == "llama" and cfg.attention_bias:
-    raise ValueError("cannot export llama with attention_bias: HF Llama would add an o_proj "
-                     "bias; use architecture='qwen2' instead")
+  if cfg.architecture in ("llama", "qwen3") and cfg.attention_bias:
+    raise ValueError(f"cannot export {cfg.architecture} with attention_bias: HF would add an "
+                     "o_proj bias; use architecture='qwen2' instead")
+  if cfg.lora is not None:
+    raise ValueError("cannot export a config with LoRA adapters as plain weights: merge them "
+                     "first (r1jax.models.lora.merge) or write them with "
+                     "r1jax.models.peft_format.save_adapters")
   limit = parse_size(max_shard_bytes)
   shapes = param_shapes(cfg)
   host = jax.device_get(params)  # one host copy; slices below are views

@@ -6,7 +6,8 @@ Sources, tried in this order:
   * a training run directory (it has `checkpoints/`), or its checkpoints/ directory: the
     model source, tokenizer and tiny sizes come from the run's config.json (or `base` /
     `tokenizer` / `tiny` when it has none), the params from its orbax checkpoint (latest,
-    or `step`);
+    or `step`); a LoRA run (its config has lora.rank > 0) checkpoints only the adapters:
+    they are read onto the base model source and merged into its weights;
   * a default model name (r1jax.default_models), a .gguf file, or a Hugging Face model
     directory (r1jax.models.loading.from_pretrained).
 """
@@ -23,6 +24,7 @@ import orbax.checkpoint as ocp
 from r1jax import sharding as shd
 from r1jax.default_models import DEFAULT_MODEL
 from r1jax.models import loading
+from r1jax.models import lora as lora_lib
 from r1jax.models.config import ModelConfig, tiny_config
 from r1jax.models.decoder import init_params, param_shapes
 from r1jax.tokenizer import Tokenizer
@@ -136,13 +138,24 @@ def _load_run(run_dir, *, dtype, param_dtype, tokenizer, tiny, step, base, param
                      f"source (e.g. --config.model=...)")
   if is_run_dir(model):
     raise ValueError(f"{run_dir}: the run's model source {model} is itself a run directory")
-  inner = load(model, dtype=dtype, param_dtype=param_dtype,
+  lcfg = lora_lib.from_config(run_cfg.get("lora"))
+  # A LoRA run's base is read in the dtype it was trained on (lora.base_dtype).
+  base_dtype = (lora_lib.base_dtype(run_cfg["lora"], run_cfg.get("param_dtype", param_dtype))
+                if lcfg is not None and params else param_dtype)
+  inner = load(model, dtype=dtype, param_dtype=base_dtype,
                tokenizer=tokenizer or run_cfg.get("tokenizer", ""),
-               tiny=run_cfg.get("tiny_model") or tiny, params=False,
-               with_tokenizer=with_tokenizer)
-  p, step = (load_run_params(run_dir, inner.config, step) if params
-             else (None, latest_run_step(run_dir) if step is None else step))
-  return Loaded(inner.config, p, inner.tokenizer,
+               tiny=run_cfg.get("tiny_model") or tiny, params=params and lcfg is not None,
+               seed=int(run_cfg.get("seed", 0)), with_tokenizer=with_tokenizer)
+  if not params:
+    p, step = None, latest_run_step(run_dir) if step is None else step
+  elif lcfg is None:
+    p, step = load_run_params(run_dir, inner.config, step)
+  else:  # adapters from the checkpoint, merged into the base weights
+    lora_cfg = inner.config.replace(lora=lcfg, param_dtype=param_dtype)
+    adapters, step = load_run_params(run_dir, lora_cfg, step)
+    _, merged = lora_lib.merge(lora_cfg, lora_lib.combine(inner.params, adapters), param_dtype)
+    p = jax.tree.map(jax.numpy.asarray, merged)
+  return Loaded(inner.config.replace(param_dtype=param_dtype), p, inner.tokenizer,
                 {"source": model, "checkpoint": os.path.abspath(run_dir), "step": step,
                  "description": f"{run_dir} @ step {step}"})
 
@@ -172,11 +185,12 @@ def load_run_params(run_dir: str, cfg: ModelConfig, step: Optional[int] = None):
 
   Args:
     run_dir: the run directory (with checkpoints/) or its checkpoints/ directory itself.
-    cfg: the ModelConfig the run trained (its shapes are checked).
+    cfg: the ModelConfig the run trained (its shapes are checked); with `cfg.lora` the
+      checkpoint holds only the adapters, and only they are returned.
     step: checkpoint step; None = the latest.
 
   Returns:
-    (params tree on one device, step).
+    (params tree on one device (the adapter tree for a LoRA config), step).
 
   Raises:
     FileNotFoundError: no checkpoint there.
@@ -189,6 +203,8 @@ def load_run_params(run_dir: str, cfg: ModelConfig, step: Optional[int] = None):
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {directory}")
     shapes = param_shapes(cfg)
+    if cfg.lora is not None:
+      shapes = lora_lib.split(shapes)[1]
     one = shd.replicated(shd.make_mesh({"data": 1}, jax.devices()[:1]))
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=one), shapes)
     try:

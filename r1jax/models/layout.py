@@ -16,7 +16,8 @@ import numpy as np
 
 from r1jax.models.config import ModelConfig
 
-HF_ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+HF_ARCHS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}
 # Non-parameter buffers some older HF checkpoints carry; they are recomputed, not loaded.
 IGNORED_HF = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -56,6 +57,9 @@ def layout(cfg: ModelConfig, *, with_bias: Optional[bool] = None) -> list[Entry]
     if with_bias:
       e.append(Entry(lay + f"self_attn.{name}.bias", attn + (name, "bias"), (n * Dh,),
                       *bias(n), True))
+  if cfg.qk_norm:  # Qwen3: per-head RMSNorm weights [Dh]
+    e += [Entry(lay + f"self_attn.{n}.weight", attn + (n, "scale"), (Dh,), *same, True)
+          for n in ("q_norm", "k_norm")]
   e += [
       Entry(lay + "self_attn.o_proj.weight", attn + ("o_proj", "kernel"), (D, H * Dh),
              lambda w: w.T.reshape(H, Dh, D), lambda k: k.reshape(H * Dh, D).T, True),

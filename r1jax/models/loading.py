@@ -5,7 +5,7 @@
   * a path to a `.gguf` file (llama.cpp; F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, dequantised
     with the `gguf` package), or
   * a Hugging Face model directory (config.json + model.safetensors, or sharded with
-    model.safetensors.index.json), model_type "llama" or "qwen2".
+    model.safetensors.index.json), model_type "llama", "qwen2" or "qwen3".
 and returns `(ModelConfig, params)`. `save_pretrained` writes a Hugging Face directory
 that `transformers.AutoModelForCausalLM.from_pretrained` loads and that round-trips
 through `from_pretrained` bit for bit (in the export dtype).
@@ -143,7 +143,8 @@ def from_pretrained(source: PathLike, *, dtype: str = "float32",
   Args:
     source: a default model name (`DEFAULT_MODELS`), a path to a .gguf file (llama.cpp;
       F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors are dequantised) or a Hugging Face model
-      directory (config.json + model.safetensors[.index.json]; model_type llama/qwen2).
+      directory (config.json + model.safetensors[.index.json]; model_type llama, qwen2 or
+      qwen3).
     dtype: compute dtype name stored in the returned config.
     param_dtype: dtype name of the returned params (conversion happens in numpy).
 

@@ -8,7 +8,8 @@ once, G samples; DAPO dynamic sampling decided on gathered rewards; r1jax.stages
 -> mu jitted, sharded updates with exact gradient accumulation (GRPO or GSPO policy loss,
 entropy bonus, off-policy correction against the sampler's log-probs) -> metrics (with the
 sampler-vs-trainer mismatch) and samples. With rl.async_rollouts the next step's rollout is
-sampled during the update (r1jax.stages.grpo_async). Resume, held-out evaluation,
+sampled during the update (r1jax.stages.grpo_async). With lora.rank > 0 only LoRA adapters train
+and the reference is the frozen base with adapters off (r1jax.train.adapters). Resume, held-out evaluation,
 checkpoints, the collective stop and the finite-update guard come from the loop
 (r1jax.train.loop).
 """
@@ -35,12 +36,15 @@ from r1jax.kernels.logprob import token_logprobs
 from r1jax.losses import advantages as adv_lib
 from r1jax.losses import grpo as grpo_lib
 from r1jax.losses import offpolicy
-from r1jax.models.config import ModelConfig
+from r1jax.models import lora as lora_lib
+from r1jax.models.config import LoraConfig, ModelConfig
 from r1jax.rewards import RewardComputer, format_ok, registry
 from r1jax.stages import grpo_async
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
+from r1jax.train import adapters as adapters_lib
 from r1jax.train import loop
+from r1jax.train import adapters as adapters_lib
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
 
@@ -68,6 +72,7 @@ class Settings:
   rollout_devices: int = 0
   rollout_mesh: tuple = ()
   rollout_dtype: str = ""
+  lora: Optional[LoraConfig] = None
 
   @property
   def num_micro(self) -> int:
@@ -151,12 +156,16 @@ def validate_config(config) -> Settings:
   rollout_dtype = str(rl.rollout_dtype or "")
   if rollout_dtype:
     models.check_dtype(rollout_dtype, "rl.rollout_dtype")
-  return Settings(settings_lib.ModelSettings.from_config(config),
-                  settings_lib.ParallelSettings.from_config(config), gcfg, acfg,
+  model = settings_lib.ModelSettings.from_config(config)
+  lora = lora_lib.from_config(config.get("lora"))
+  if lora is not None:  # the frozen base is loaded in lora.base_dtype
+    model = dataclasses.replace(model, param_dtype=lora_lib.base_dtype(config.lora,
+                                                                      model.param_dtype))
+  return Settings(model, settings_lib.ParallelSettings.from_config(config), gcfg, acfg,
                   int(rl.prompts_per_step), int(G), int(rl.micro_batch_prompts), spec, kwargs,
                   async_rollouts=rl.async_rollouts, rollout_devices=int(rl.rollout_devices),
                   rollout_mesh=tuple(rl.rollout_mesh.to_dict().items()),
-                  rollout_dtype=rollout_dtype)
+                  rollout_dtype=rollout_dtype, lora=lora)
 
 
 # ---------------------------------------------------------------------- the loss
@@ -168,8 +177,10 @@ def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: floa
   completion positions go through the LM head (kernels.logprob: no [tokens, V] logits;
   `kernel` = kernels.logprob.kwargs_from_config(config.kernels, ...)).
   """
+  # LoRA dropout (training forward only): one key per micro-batch from its first row's seed.
+  rng = jax.random.key(mb["lora_seed"][0]) if "lora_seed" in mb else None
   hp, hc = models.forward_grouped(params, cfg, mb["prompt_tokens"], mb["prompt_lengths"],
-                                  mb["completion"], remat=remat)
+                                  mb["completion"], remat=remat, dropout_rng=rng)
   h = models.completion_predictors(hp, mb["prompt_lengths"], hc)
   b, G, N, D = h.shape
   logp, ent = token_logprobs(h.reshape(b * G, N, D), models.lm_head_weight(params, cfg),
@@ -317,7 +328,8 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                      f"the mesh's batch shards ({shd.batch_divisor(mesh, rules)})")
 
   loaded = s.model.load()
-  cfg, tok = loaded.config, loaded.tokenizer
+  policy = adapters_lib.TrainedPolicy.create(loaded.config, s.lora, config.param_dtype)
+  cfg, tok = policy.cfg, loaded.tokenizer
   data = PromptData(config.data, tok)
   max_len = config.data.max_prompt_tokens + rl.max_new_tokens
   if max_len > cfg.max_position_embeddings:
@@ -333,27 +345,28 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                       mesh, rules))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
-  trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
-                                s.num_micro, rules=rules)
-  # The reference gets its own buffers: the policy's are donated to each update.
-  ref_params = (jax.tree.map(lambda x: x.copy(), trainer.shard_params(loaded.params))
-                if gcfg.beta > 0 else None)
-  state = trainer.init_state(loaded.params)
+  trainer = policy.trainer(mesh, loss_fn, optimizer, s.num_micro, rules)
+  # Full fine-tuning: the reference is a copy of the starting params; LoRA: the frozen base.
+  state, ref_params = policy.init(trainer, loaded.params, config.seed, reference=gcfg.beta > 0)
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
                                kernel=kernel, rules=rules)
+  ref_logprob_fn = (logprob_fn if policy.base_cfg == cfg else make_logprob_fn(
+      policy.base_cfg, mesh, s.num_micro, temperature=rl.temperature, kernel=kernel,
+      rules=rules))
   # The sampler may lay the same params out differently (e.g. replicated for decoding while
   # the trainer keeps them FSDP-sharded), on other devices, in another dtype: an explicit
   # reshard (a copy when the update would donate them) before each rollout.
   eval_sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32,
                                   mesh=rollout_mesh, rules=sampler_rules)
-  eval_params = grpo_async.RolloutParams(trainer.param_axes, state.params, rollout_mesh,
-                                         sampler_rules)
+  eval_params = grpo_async.RolloutParams(policy.logical_axes(), policy.params(state.params),
+                                         rollout_mesh, sampler_rules)
   if s.rollout_dtype and s.rollout_dtype != cfg.dtype:
     rollout_cfg = dataclasses.replace(cfg, dtype=s.rollout_dtype, param_dtype=s.rollout_dtype)
     sampler = sampling.Sampler(rollout_cfg, pad_id=tok.pad_id, min_prompt_bucket=32,
                                mesh=rollout_mesh, rules=sampler_rules)
-    rollout_params = grpo_async.RolloutParams(trainer.param_axes, state.params, rollout_mesh,
+    rollout_params = grpo_async.RolloutParams(policy.logical_axes(),
+                                              policy.params(state.params), rollout_mesh,
                                               sampler_rules, s.rollout_dtype)
   else:
     sampler, rollout_params = eval_sampler, eval_params
@@ -379,7 +392,7 @@ def run(config, *, rewards=None) -> dict[str, Any]:
 
   def step_fn(state, step):
     t0 = time.perf_counter()
-    ro = rollouts.take(state.params, step)  # prefetched during the last update, or sampled now
+    ro = rollouts.take(policy.params(state.params), step)  # prefetched during the last update, or sampled now
     t_ro = time.perf_counter()
     # Advantages and loss weights need the whole batch: gather the (small) per-process
     # rewards and masks, compute globally, keep this process's rows.
@@ -394,20 +407,23 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                            gcfg.max_completion_len)
     batch["weights"] = weights.reshape(mask.shape)[mine]
     batch["metric_weights"] = grpo_lib.token_mean_weights(mask)[mine]
+    seeds = policy.dropout_seeds(config.seed, step, B)
+    if seeds is not None:
+      batch["lora_seed"] = seeds[mine]
     t_ref = time.perf_counter()
     if ref_params is not None:
-      batch["ref_logp"] = logprob_fn(ref_params, trainer.shard_batch(batch))
+      batch["ref_logp"] = ref_logprob_fn(ref_params, trainer.shard_batch(batch))
       if not s.async_rollouts:
         jax.block_until_ready(batch["ref_logp"])
     if rl.num_iterations > 1:
       # pi_old = the policy before the first update, through the same numerics as the loss.
-      batch["old_logp"] = logprob_fn(state.params, trainer.shard_batch(batch))
+      batch["old_logp"] = logprob_fn(policy.params(state.params), trainer.shard_batch(batch))
     # The next rollout's params: copied before the update donates them.
-    next_params = rollout_params(state.params, copy=True) if rollouts.prefetches(step) else None
+    next_params = rollout_params(policy.params(state.params), copy=True) if rollouts.prefetches(step) else None
     t_update = time.perf_counter()
     ms = []
     for _ in range(rl.num_iterations):
-      state, m = trainer.update(state, batch, denom)  # dispatched: runs while we sample
+      state, m = trainer.update(state, batch, denom, policy.frozen)  # dispatched: runs while we sample
       ms.append(m)
     prefetch_s = rollouts.prefetch(next_params, step + 1) if next_params is not None else 0.0
     t_wait = time.perf_counter()
@@ -429,7 +445,7 @@ def run(config, *, rewards=None) -> dict[str, Any]:
 
   def evaluate_hook(state, step):
     key = jax.random.fold_in(jax.random.fold_in(base_key, 10 ** 9), step)
-    return evaluate(eval_params(state.params), eval_sampler, tok, rewards, eval_examples,
+    return evaluate(eval_params(policy.params(state.params)), eval_sampler, tok, rewards, eval_examples,
                     config, key, sp, prefix)
 
   settings = loop.LoopSettings.from_config(
@@ -440,6 +456,8 @@ def run(config, *, rewards=None) -> dict[str, Any]:
     _, result = loop.run(settings, trainer=trainer, state=state, data=data_iter,
                          step_fn=step_fn, evaluate=evaluate_hook if eval_examples else None,
                          samples=lambda ro: ro_lib.samples(ro, config.log.num_samples),
+                         finish=lambda st, step, res: policy.export_adapters(
+                             st.params, config.run_dir, config.model),
                          config=config, stage_state=rollouts)
   finally:
     rewards.close()
