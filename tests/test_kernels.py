@@ -168,11 +168,12 @@ def test_data_parallel_equals_unsharded_and_never_gathers_tokens(layout, impl):
   batch_shards = 8 // mesh.shape["tensor"]
   for c in colls:
     if c.op == "all-gather":
-      # The LM head (whole or one of its slices [D / k, V]; no token count divides D
-      # here, chunks are 12 tokens), or at most this device's batch rows (the tensor
-      # peers' tokens of the same batch rows: d hidden back to the batch layout).
-      head = len(c.shape) == 2 and c.shape[1] == SV and D % c.shape[0] == 0
+      # The LM head or a slice of it ([D / k, V / t]; no token count divides D here,
+      # chunks are 12 tokens), or at most this device's batch rows.
+      head = len(c.shape) == 2 and D % c.shape[0] == 0 and SV % c.shape[1] == 0
       assert head or c.elements <= SN * D // batch_shards, c
+      if impl == "chunked" and mesh.shape["tensor"] > 1:  # vocabulary-parallel
+        assert c.elements <= D * SV // mesh.shape["tensor"], c
   if impl == "chunked" and layout != "dp":
     # d W is reduce-scattered into the head's FSDP layout, not all-reduced whole.
     assert any(c.op == "reduce-scatter" for c in colls), colls
@@ -323,3 +324,27 @@ def test_grpo_log_probs_same_with_every_impl():
     np.testing.assert_allclose(got[1], want[1], atol=2e-5)
     for a, b in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
       np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_vocabulary_chunks_with_a_partial_last_chunk():
+  """The chunked forward / backward over vocabulary chunks (3 x 300 + 131 columns): the
+  partial statistics merge exactly and each d W slice is written once."""
+  _check("chunked", 0.9, entropy=True, kl=True, mask=True, inputs=_inputs(9), atol=2e-5,
+         grad_atol=2e-5, chunk_size=40, vocab_chunk=300)
+
+
+def test_vocabulary_parallel_with_vocabulary_chunks():
+  """fsdp_tp: each tensor shard owns 520 columns, streamed in chunks of 256 + 8."""
+  _sharded_case("fsdp_tp", "chunked", vocab_chunk=256)
+
+
+def test_merge_partials_equals_whole_vocabulary():
+  from r1jax.kernels import logprob_layout as lay
+  from r1jax.kernels import logprob_xla as xla
+  lg = jax.random.normal(jax.random.key(3), (5, 40)) * 4
+  y = jnp.array([0, 7, 39, 20, 21])
+  parts = [xla.tile_stats(lg[:, a:b], y - a) for a, b in ((0, 8), (8, 21), (21, 40))]
+  got = lay.merge_partials(*(jnp.stack(x) for x in zip(*parts)))
+  want = xla.tile_stats(lg, y)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)

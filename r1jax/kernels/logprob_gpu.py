@@ -29,7 +29,7 @@ def _is_pow2(x: int) -> bool:
   return x > 0 and x & (x - 1) == 0
 
 
-def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidden: int,
+def _kernel(y_ref, h_ref, w_ref, lse_ref, ent_ref, tgt_ref, *, vocab: int, hidden: int,
             block_tokens: int, block_vocab: int, block_hidden: int, inv_temperature: float):
   bn, bv, bd = block_tokens, block_vocab, block_hidden
   y = y_ref[...]  # [bn]
@@ -60,7 +60,8 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
     m, s, u, t = carry
     logits, cols, vmask = logits_tile(j)
     logits = jnp.where(vmask[None, :], logits, -jnp.inf)
-    t = t + jnp.sum(jnp.where(cols[None, :] == y[:, None], logits, 0.0), axis=1)
+    hit = (cols[None, :] == y[:, None]) & vmask[None, :]
+    t = t + jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
     m_new = jnp.maximum(m, jnp.max(logits, axis=1))
     alpha = jnp.exp(m - m_new)
     e = jnp.exp(logits - m_new[:, None])
@@ -76,7 +77,7 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
                                  (zeros - jnp.inf, zeros, zeros, zeros))
   lse = m + jnp.log(s)
   lse_ref[...] = lse
-  logp_ref[...] = t - lse
+  tgt_ref[...] = t
   ent_ref[...] = jnp.log(s) - u / s
 
 
@@ -85,10 +86,13 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
 def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
             temperature: float = 1.0, block_tokens: int = 0, block_vocab: int = 0,
             interpret: bool = False, num_warps: int = 4, num_stages: int = 3):
-  """(logp, entropy, lse), each [N] float32, of softmax(hidden @ lm_head / temperature).
+  """Partial statistics (lse, entropy, target logit), each [N] float32, of
+  softmax(hidden @ lm_head / temperature) over this head slice (r1jax/kernels/
+  logprob_layout.py); log p = tgt - lse when the slice is the whole vocabulary.
 
   Args:
-    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32.
+    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32 columns of the
+      slice (outside [0, V): target logit 0).
     temperature: > 0.
     block_tokens: bn, a power of two >= 16 (0 = 64). block_vocab: bv, a power of two
       >= 16 (0 = 128). The hidden dimension is read in chunks of 64.
@@ -115,7 +119,7 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
                              block_hidden=bd, inv_temperature=1.0 / temperature)
   stat = jax.ShapeDtypeStruct((Np,), jnp.float32)
   stat_spec = pl.BlockSpec((bn,), lambda i: (i,))
-  logp, ent, lse = pl.pallas_call(
+  lse, ent, tgt = pl.pallas_call(
       kernel,
       out_shape=(stat, stat, stat),
       grid=(n_tiles,),
@@ -129,4 +133,4 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
       interpret=interpret,
       name="fused_logprob_fwd",
   )(targets.astype(jnp.int32), hidden, lm_head)
-  return logp[:N], ent[:N], lse[:N]
+  return lse[:N], ent[:N], tgt[:N]

@@ -27,7 +27,7 @@ DEFAULT_BLOCK_TOKENS = 256
 DEFAULT_BLOCK_VOCAB = 512
 
 
-def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, m_sc, s_sc, u_sc, t_sc, *,
+def _kernel(y_ref, h_ref, w_ref, lse_ref, ent_ref, tgt_ref, m_sc, s_sc, u_sc, t_sc, *,
             vocab: int, block_vocab: int, inv_temperature: float):
   j = pl.program_id(1)
 
@@ -43,7 +43,8 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, m_sc, s_sc, u_sc, t
   col = j * block_vocab + jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
   valid = col < vocab
   logits = jnp.where(valid, logits, -jnp.inf)
-  t_sc[...] += jnp.sum(jnp.where(col == y_ref[...], logits, 0.0), axis=1, keepdims=True)
+  hit = (col == y_ref[...]) & valid  # targets outside this head slice never hit
+  t_sc[...] += jnp.sum(jnp.where(hit, logits, 0.0), axis=1, keepdims=True)
   m_prev = m_sc[...]
   m_new = jnp.maximum(m_prev, jnp.max(logits, axis=1, keepdims=True))
   alpha = jnp.exp(m_prev - m_new)  # exp(-inf) = 0 on the first tile
@@ -63,7 +64,7 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, m_sc, s_sc, u_sc, t
     s = s_sc[...]
     lse = m_sc[...] + jnp.log(s)
     lse_ref[...] = lse
-    logp_ref[...] = t_sc[...] - lse
+    tgt_ref[...] = t_sc[...]
     ent_ref[...] = jnp.log(s) - u_sc[...] / s
 
 
@@ -78,10 +79,13 @@ def _vmem_bytes(bn, bv, D, itemsize):
 def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
             temperature: float = 1.0, block_tokens: int = 0, block_vocab: int = 0,
             interpret: bool = False):
-  """(logp, entropy, lse), each [N] float32, of softmax(hidden @ lm_head / temperature).
+  """Partial statistics (lse, entropy, target logit), each [N] float32, of
+  softmax(hidden @ lm_head / temperature) over this head slice (r1jax/kernels/
+  logprob_layout.py); log p = tgt - lse when the slice is the whole vocabulary.
 
   Args:
-    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32.
+    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32 columns of the
+      slice (outside [0, V): target logit 0).
     temperature: > 0.
     block_tokens: bn, a multiple of 8 (0 = 256). block_vocab: bv, a multiple of 128
       (0 = 512).
@@ -107,7 +111,7 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
   stat = jax.ShapeDtypeStruct((Np, 1), jnp.float32)
   stat_spec = pl.BlockSpec((bn, 1), lambda i, j: (i, 0))
   vmem = _vmem_bytes(bn, bv, D, hidden.dtype.itemsize)
-  logp, ent, lse = pl.pallas_call(
+  lse, ent, tgt = pl.pallas_call(
       kernel,
       out_shape=(stat, stat, stat),
       grid=(n_tiles, pl.cdiv(V, bv)),
@@ -127,4 +131,4 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
       interpret=interpret,
       name="fused_logprob_fwd",
   )(y, hidden, lm_head)
-  return logp[:N, 0], ent[:N, 0], lse[:N, 0]
+  return lse[:N, 0], ent[:N, 0], tgt[:N, 0]
