@@ -10,7 +10,7 @@ from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.kernels import logprob as K
-from r1jax.kernels import logprob_gpu, logprob_tpu
+from r1jax.kernels import logprob_bwd_gpu, logprob_bwd_tpu, logprob_gpu, logprob_tpu
 
 N, D, V = 96, 128, 1031  # divides no block: 1031 = 8 * 128 + 7 (partial last vocab tile)
 IMPLS = ["chunked", "pallas_tpu", "pallas_gpu"]
@@ -238,23 +238,76 @@ def accelerator_target(platform):
   return jax.sharding.use_abstract_mesh(mesh)
 
 
-@pytest.mark.parametrize("kernel,platform,call", [
-    (logprob_tpu, "tpu", "tpu_custom_call"),
-    (logprob_gpu, "cuda", "__gpu$xla.gpu.triton"),
+def _export(f, platform, call, *args):
+  with accelerator_target(platform):
+    exp = export.export(jax.jit(f), platforms=[platform],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
+  return exp.mlir_module()
+
+
+@pytest.mark.parametrize("fwd,bwd,platform,call", [
+    (logprob_tpu, logprob_bwd_tpu, "tpu", "tpu_custom_call"),
+    (logprob_gpu, logprob_bwd_gpu, "cuda", "__gpu$xla.gpu.triton"),
 ])
-def test_pallas_kernels_lower_for_tpu_and_gpu(kernel, platform, call):
-  """Mosaic / Triton lowering on this CPU machine (cross-platform export): block shapes,
-  tiling rules and every op in the kernel body must be accepted by the backend's Pallas
-  lowering. (Compiling the emitted kernel needs the accelerator.)"""
-  for n, d, v, dt in [(96, 128, 1031, jnp.float32), (4096, 576, 49152, jnp.bfloat16),
-                      (16384, 1536, 151936, jnp.bfloat16)]:
-    args = (jax.ShapeDtypeStruct((n, d), dt), jax.ShapeDtypeStruct((d, v), dt),
-            jax.ShapeDtypeStruct((n,), jnp.int32))
-    f = jax.jit(lambda h, w, y: kernel.forward(h, w, y, temperature=0.7))
-    with accelerator_target(platform):
-      exp = export.export(f, platforms=[platform],
-                          disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
-    assert call in exp.mlir_module()
+def test_pallas_kernels_lower_for_tpu_and_gpu(fwd, bwd, platform, call):
+  """Mosaic / Triton lowering of the forward and backward kernels on this CPU machine
+  (cross-platform export): block shapes, tiling rules and every op in the kernel bodies
+  must be accepted by the backend's Pallas lowering. (Compiling the emitted kernel needs
+  the accelerator.)"""
+  S = jax.ShapeDtypeStruct
+  for n, d, v, dt in [(96, 100, 1031, jnp.float32), (16384, 1536, 151936, jnp.bfloat16)]:
+    args = (S((n, d), dt), S((d, v), dt), S((n,), jnp.int32))
+    stats = (S((n,), jnp.float32),) * 4
+    assert call in _export(lambda h, w, y: fwd.forward(h, w, y, temperature=0.7), platform,
+                           call, *args)
+    filt = 1e-4 if n == 96 else 0.0
+    mlir = _export(lambda h, w, y, *st: bwd.backward(h, w, y, *st, temperature=0.7,
+                                                     grad_filter=filt),
+                   platform, call, *args, *stats)
+    assert call in mlir
+
+
+def test_tpu_tiles_per_chip_generation():
+  assert logprob_tpu.chip_generation("TPU v5 lite") == "v5e"
+  assert logprob_tpu.chip_generation("TPU v5p") == "v5p"
+  assert logprob_tpu.chip_generation("TPU v6 lite") == "v6e"
+  assert logprob_tpu.chip_generation("cpu") == ""
+  with accelerator_target("tpu"):  # a v5p
+    assert logprob_tpu.tiles(16384, 151936) == logprob_tpu.CHIP_TILES["v5p"]
+  assert logprob_tpu.tiles(20, 300) == (24, 384)  # shrunk to the problem
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_pallas_backward_hidden_size_not_a_multiple_of_64(impl):
+  """D = 72 (padded once to 128 / 64 lanes outside the kernels), 40 tokens in tiles of
+  16 (a partial last token tile), masked tokens, temperature."""
+  inputs = _inputs(11, n=40, d=72, v=300)
+  _check(impl, 0.8, entropy=True, kl=True, mask=True, inputs=inputs, atol=2e-5,
+         grad_atol=2e-5, block_tokens=16, block_vocab=128)
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_gradient_filtering(impl):
+  """grad_filter (off by default): a threshold below every |d logit| changes nothing, one
+  above all of them zeroes both gradients, and a small one (2**-12) stays within
+  threshold-sized error of the exact gradient."""
+  h, w, y, _, _ = _inputs(12, n=32, d=64, v=400)
+  w = w.at[:, 256:384].add(-6.0)  # a tile with almost no probability mass
+
+  def grads(thr):
+    loss = lambda h, w: jnp.sum(K.fused_logprob(h, w, y, impl=impl, block_tokens=16,
+                                                block_vocab=128, grad_filter=thr).logprob)
+    return jax.grad(loss, argnums=(0, 1))(h, w)
+
+  exact = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]), argnums=(0, 1))(h, w)
+  for a, b in zip(grads(1e-30), exact):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
+  assert all(float(jnp.abs(g).max()) == 0 for g in grads(1e3))
+  for a, b in zip(grads(2.0 ** -12), exact):
+    err = float(jnp.abs(a - b).max())
+    assert err <= 2.0 ** -12 * 32 * 8, err  # |d l| < thr on the skipped tiles, |h| < 8
+  with pytest.raises(ValueError, match="grad_filter"):
+    K.fused_logprob(h, w, y, impl="chunked", grad_filter=1e-3)
 
 
 def test_fwd_bwd_memory_far_below_naive():

@@ -63,7 +63,7 @@ from r1jax.kernels.logprob_layout import default_weight_spec, split_axes  # noqa
 IMPLS = ("auto", "pallas", "chunked", "naive", "pallas_tpu", "pallas_gpu")
 BACKWARDS = ("auto", "pallas", "chunked")
 # Forward impls that have a Pallas backward of their own (the others fall back to chunked).
-PALLAS_BACKWARDS = ()
+PALLAS_BACKWARDS = ("pallas_tpu", "pallas_gpu")
 # Columns per vocabulary chunk of the chunked implementation when the config says 0.
 DEFAULT_VOCAB_CHUNK = 4096
 

@@ -25,7 +25,7 @@ DEFAULT_BLOCK_VOCAB = 128
 BLOCK_HIDDEN = 64
 
 
-def _is_pow2(x: int) -> bool:
+def is_pow2(x: int) -> bool:
   return x > 0 and x & (x - 1) == 0
 
 
@@ -108,7 +108,7 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
   bv = block_vocab or DEFAULT_BLOCK_VOCAB
   bd = min(BLOCK_HIDDEN, pl.next_power_of_2(D))
   for name, b in (("block_tokens", bn), ("block_vocab", bv)):
-    if not _is_pow2(b) or b < 16:
+    if not is_pow2(b) or b < 16:
       raise ValueError(f"Triton tiles must be powers of two >= 16, got {name}={b}")
   n_tiles = pl.cdiv(N, bn)
   Np = n_tiles * bn
