@@ -401,3 +401,23 @@ def test_merge_partials_equals_whole_vocabulary():
   want = xla.tile_stats(lg, y)
   for g, r in zip(got, want):
     np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_forward_vocabulary_splits_merge_exactly():
+  """The (token tile, vocabulary split) grid: 3 and 7 splits of 16 tiles (7 leaves an
+  empty last split) give the statistics of the whole vocabulary."""
+  from r1jax.kernels import logprob_xla as xla
+  h, w, y, _, _ = _inputs(13, n=24, d=72, v=500)
+  want = xla.tile_stats(naive_logits(h, w), y)
+  for splits in (3, 7):
+    got = logprob_gpu.forward(h, w, y, block_tokens=16, block_vocab=32, splits=splits,
+                              interpret=True)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+  assert logprob_gpu.vocab_splits(32, 1187) == 9  # 2,048 tokens / 64: 32 x 9 >= 2 x 132
+  assert logprob_gpu.vocab_splits(256, 1187) == 2
+
+
+def naive_logits(h, w):
+  return jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32),
+                 precision=jax.lax.Precision.HIGHEST)
