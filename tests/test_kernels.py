@@ -421,3 +421,18 @@ def test_gpu_forward_vocabulary_splits_merge_exactly():
 def naive_logits(h, w):
   return jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32),
                  precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("kernel", [logprob_tpu, logprob_gpu])
+def test_targets_outside_the_slice_give_no_target_logit(kernel):
+  """A head slice (vocabulary-parallel shard or chunk) whose partial last tile does not
+  hold the target: target logit 0, lse and entropy of the slice unchanged."""
+  from r1jax.kernels import logprob_xla as xla
+  h, w, _, _, _ = _inputs(14, n=16, d=64, v=200)
+  y = jnp.array([-5, 199, 200, 255, 300, 0] + [7] * 10)  # 200..255: the last tile's padding
+  lse, ent, tgt = kernel.forward(h, w, y, block_tokens=16, block_vocab=128, interpret=True)
+  want = xla.tile_stats(naive_logits(h, w), y)
+  np.testing.assert_allclose(lse, want[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(ent, want[1], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(tgt, want[2], atol=1e-5, rtol=1e-5)
+  assert np.all(np.asarray(tgt)[[0, 2, 3, 4]] == 0)

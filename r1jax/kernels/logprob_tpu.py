@@ -104,6 +104,8 @@ def _kernel(y_ref, h_ref, w_ref, lse_ref, ent_ref, tgt_ref, m_sc, s_sc, u_sc, t_
       logits = jnp.where(valid, logits, -jnp.inf)
     # Statistics are lane-replicated [bn, 128] (lane-dense, as JAX's flash attention).
     hit = col == y_ref[...][:, :1]  # targets outside this head slice never hit
+    if masked:
+      hit = hit & valid
     t_sc[...] += jnp.sum(jnp.where(hit, logits, 0.0), axis=1, keepdims=True)
     m_prev = m_sc[...]
     m_new = jnp.maximum(m_prev, jnp.max(logits, axis=1, keepdims=True))
