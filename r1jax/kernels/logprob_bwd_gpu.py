@@ -6,7 +6,11 @@ d logits (r1jax/kernels/logprob_xla.py) and adds both products with float32 atom
 
 as Cut Cross-Entropy (Wijmans et al. 2024) and tokamax do on GPU: three matmul-sized
 products in one pass, no [N, V] buffer; the price is atomic traffic into the float32
-[N, D] and [D, V] accumulators (their order, hence the last bits, varies run to run).
+[N, D] and [D, V] accumulators (their order, hence the last bits, varies run to run):
+(N / bn) x D x V x 4 bytes of d W read-modify-writes, 120 GB at N = 16384, D = 1536,
+V = 151936, bn = 128 (arithmetic, not measured), which gradient filtering cuts where
+most tiles are negligible. `kernels.logprob_backward = "chunked"` is the fallback (cuBLAS
+matmuls per vocabulary chunk); tools/device_check.py times both.
 Triton tensors are powers of two, so the hidden dimension goes in chunks of bd = 64; D is
 zero-padded to a multiple of bd and the accumulators to whole tiles once, outside the
 kernel, so that the atomics need no masks. Optional gradient filtering
@@ -25,7 +29,8 @@ from jax.experimental.pallas import triton as plgpu
 
 from r1jax.kernels import logprob_gpu as fwd_gpu
 
-DEFAULT_BLOCK_TOKENS = 64
+# Atomic d W traffic is (N / bn) x D x V x 4 bytes: the larger bn, the less of it.
+DEFAULT_BLOCK_TOKENS = 128
 DEFAULT_BLOCK_VOCAB = 64
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T: [bn, bv] x [bd, bv] -> [bn, bd]
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b: [bn, bd] x [bn, bv] -> [bd, bv]
@@ -93,7 +98,7 @@ def backward(hidden, lm_head, targets, lse, mean_logit, g_logp, g_entropy, *,
       head slice (outside [0, V): no target term).
     lse, mean_logit: [N] float32 logsumexp and E_p[l] = lse - H over the whole vocabulary;
       g_logp, g_entropy: [N] float32 cotangents.
-    temperature: > 0. block_tokens, block_vocab: powers of two >= 16 (0 = 64, 64).
+    temperature: > 0. block_tokens, block_vocab: powers of two >= 16 (0 = 128, 64).
     grad_filter: >= 0 (0 = off). interpret: Pallas interpret mode (CPU tests).
     num_warps, num_stages: Triton launch settings.
 
