@@ -66,6 +66,9 @@ BACKWARDS = ("auto", "pallas", "chunked")
 PALLAS_BACKWARDS = ("pallas_tpu", "pallas_gpu")
 # Columns per vocabulary chunk of the chunked implementation when the config says 0.
 DEFAULT_VOCAB_CHUNK = 4096
+# Pallas with an FSDP-split head: columns gathered (and d W reduce-scattered) at a time, so
+# that no device holds the whole local head or its whole float32 gradient.
+DEFAULT_PALLAS_VOCAB_CHUNK = 32768
 
 
 class LogprobOutput(NamedTuple):
@@ -148,7 +151,8 @@ def default_config():
   # Tokens per token chunk of the chunked forward / backward (memory ~ chunk x vocab chunk).
   c.logprob_chunk_size = 256
   # Columns per vocabulary chunk (the head is gathered and its gradient reduce-scattered
-  # one chunk at a time); 0 = 4096 for chunked, the whole local vocabulary for pallas.
+  # one chunk at a time); 0 = 4096 for chunked; for pallas the whole local vocabulary, or
+  # 32768 when the head's rows are FSDP-split.
   c.logprob_vocab_chunk = 0
   # Pallas tiles (tokens, vocabulary); 0 = the backend's default (per TPU generation).
   c.block_tokens = 0
@@ -256,8 +260,9 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
       module docstring).
     backward: "auto" (the forward's) | "pallas" | "chunked".
     chunk_size: tokens per token chunk of the chunked forward / backward.
-    vocab_chunk: columns per vocabulary chunk (0 = 4096 for chunked, the whole local
-      vocabulary for Pallas); memory of chunked ~ chunk_size x vocab_chunk floats.
+    vocab_chunk: columns per vocabulary chunk (0 = 4096 for chunked; for Pallas the whole
+      local vocabulary, 32768 when the head's rows are FSDP-split); memory of chunked
+      ~ chunk_size x vocab_chunk floats.
     block_tokens, block_vocab: Pallas tile sizes (0 = the backend's default).
     grad_filter: Pallas backward: skip tiles whose |d logits| are all below it (0 = off).
     interpret: run Pallas in interpret mode (default: when the backend is CPU).
@@ -347,7 +352,12 @@ def kernel_module(name: tuple[str, str]):
 
 def vocab_chunks(local_vocab: int, spec: Spec, impl: str) -> tuple[int, int, int]:
   """(columns per chunk Vc, number of full chunks, columns of the last partial chunk)."""
-  vc = spec.vocab_chunk or (DEFAULT_VOCAB_CHUNK if impl == "chunked" else local_vocab)
+  if spec.vocab_chunk:
+    vc = spec.vocab_chunk
+  elif impl == "chunked":
+    vc = DEFAULT_VOCAB_CHUNK
+  else:  # one kernel call over the whole local vocabulary unless rows are gathered
+    vc = DEFAULT_PALLAS_VOCAB_CHUNK if spec.layout.row_axes else local_vocab
   vc = min(vc, local_vocab)
   n_full, rem = divmod(local_vocab, vc)
   return vc, n_full, rem
