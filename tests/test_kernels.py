@@ -10,7 +10,7 @@ from jax import export
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax.kernels import logprob as K
-from r1jax.kernels import logprob_gpu, logprob_tpu
+from r1jax.kernels import logprob_bwd_gpu, logprob_bwd_tpu, logprob_gpu, logprob_tpu
 
 N, D, V = 96, 128, 1031  # divides no block: 1031 = 8 * 128 + 7 (partial last vocab tile)
 IMPLS = ["chunked", "pallas_tpu", "pallas_gpu"]
@@ -168,11 +168,12 @@ def test_data_parallel_equals_unsharded_and_never_gathers_tokens(layout, impl):
   batch_shards = 8 // mesh.shape["tensor"]
   for c in colls:
     if c.op == "all-gather":
-      # The LM head (whole or one of its slices [D / k, V]; no token count divides D
-      # here, chunks are 12 tokens), or at most this device's batch rows (the tensor
-      # peers' tokens of the same batch rows: d hidden back to the batch layout).
-      head = len(c.shape) == 2 and c.shape[1] == SV and D % c.shape[0] == 0
+      # The LM head or a slice of it ([D / k, V / t]; no token count divides D here,
+      # chunks are 12 tokens), or at most this device's batch rows.
+      head = len(c.shape) == 2 and D % c.shape[0] == 0 and SV % c.shape[1] == 0
       assert head or c.elements <= SN * D // batch_shards, c
+      if impl == "chunked" and mesh.shape["tensor"] > 1:  # vocabulary-parallel
+        assert c.elements <= D * SV // mesh.shape["tensor"], c
   if impl == "chunked" and layout != "dp":
     # d W is reduce-scattered into the head's FSDP layout, not all-reduced whole.
     assert any(c.op == "reduce-scatter" for c in colls), colls
@@ -237,23 +238,74 @@ def accelerator_target(platform):
   return jax.sharding.use_abstract_mesh(mesh)
 
 
-@pytest.mark.parametrize("kernel,platform,call", [
-    (logprob_tpu, "tpu", "tpu_custom_call"),
-    (logprob_gpu, "cuda", "__gpu$xla.gpu.triton"),
+def _export(f, platform, call, *args):
+  with accelerator_target(platform):
+    exp = export.export(jax.jit(f), platforms=[platform],
+                        disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
+  return exp.mlir_module()
+
+
+@pytest.mark.parametrize("fwd,bwd,platform,call", [
+    (logprob_tpu, logprob_bwd_tpu, "tpu", "tpu_custom_call"),
+    (logprob_gpu, logprob_bwd_gpu, "cuda", "__gpu$xla.gpu.triton"),
 ])
-def test_pallas_kernels_lower_for_tpu_and_gpu(kernel, platform, call):
-  """Mosaic / Triton lowering on this CPU machine (cross-platform export): block shapes,
-  tiling rules and every op in the kernel body must be accepted by the backend's Pallas
-  lowering. (Compiling the emitted kernel needs the accelerator.)"""
-  for n, d, v, dt in [(96, 128, 1031, jnp.float32), (4096, 576, 49152, jnp.bfloat16),
-                      (16384, 1536, 151936, jnp.bfloat16)]:
-    args = (jax.ShapeDtypeStruct((n, d), dt), jax.ShapeDtypeStruct((d, v), dt),
-            jax.ShapeDtypeStruct((n,), jnp.int32))
-    f = jax.jit(lambda h, w, y: kernel.forward(h, w, y, temperature=0.7))
-    with accelerator_target(platform):
-      exp = export.export(f, platforms=[platform],
-                          disabled_checks=[export.DisabledSafetyCheck.custom_call(call)])(*args)
-    assert call in exp.mlir_module()
+def test_pallas_kernels_lower_for_tpu_and_gpu(fwd, bwd, platform, call):
+  """Mosaic / Triton lowering of the forward and backward kernels on this CPU machine
+  (cross-platform export): block shapes, tiling rules and every op in the kernel bodies
+  must be accepted by the backend's Pallas lowering. (Compiling the emitted kernel needs
+  the accelerator.)"""
+  S = jax.ShapeDtypeStruct
+  for n, d, v, dt in [(96, 100, 1031, jnp.float32), (16384, 1536, 151936, jnp.bfloat16)]:
+    args = (S((n, d), dt), S((d, v), dt), S((n,), jnp.int32))
+    stats = (S((n,), jnp.float32),) * 4
+    assert call in _export(lambda h, w, y: fwd.forward(h, w, y, temperature=0.7), platform,
+                           call, *args)
+    filt = 1e-4 if n == 96 else 0.0
+    mlir = _export(lambda h, w, y, *st: bwd.backward(h, w, y, *st, temperature=0.7,
+                                                     grad_filter=filt),
+                   platform, call, *args, *stats)
+    assert call in mlir
+
+
+def test_tpu_tiles_per_chip_generation():
+  assert logprob_tpu.chip_generation("TPU v5 lite") == "v5e"
+  assert logprob_tpu.chip_generation("TPU v5p") == "v5p"
+  assert logprob_tpu.chip_generation("TPU v6 lite") == "v6e"
+  assert logprob_tpu.chip_generation("cpu") == ""
+  with accelerator_target("tpu"):  # a v5p
+    assert logprob_tpu.tiles(16384, 151936) == logprob_tpu.CHIP_TILES["v5p"]
+  assert logprob_tpu.tiles(20, 300) == (24, 384)  # shrunk to the problem
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_pallas_backward_hidden_size_not_a_multiple_of_64(impl):
+  """D = 72 (padded once to 128 / 64 lanes outside the kernels), 40 tokens in tiles of
+  16 (a partial last token tile), masked tokens, temperature."""
+  inputs = _inputs(11, n=40, d=72, v=300)
+  _check(impl, 0.8, entropy=True, kl=True, mask=True, inputs=inputs, atol=2e-5,
+         grad_atol=2e-5, block_tokens=16, block_vocab=128)
+
+
+@pytest.mark.parametrize("impl", ["pallas_tpu", "pallas_gpu"])
+def test_gradient_filtering(impl):
+  """grad_filter (off by default): a threshold above every |d logit| zeroes both
+  gradients, and a small one (2**-12) stays within threshold-sized error of the exact
+  gradient."""
+  h, w, y, _, _ = _inputs(12, n=32, d=64, v=400)
+  w = w.at[:, 256:384].add(-6.0)  # a tile with almost no probability mass
+
+  def grads(thr):
+    loss = lambda h, w: jnp.sum(K.fused_logprob(h, w, y, impl=impl, block_tokens=16,
+                                                block_vocab=128, grad_filter=thr).logprob)
+    return jax.grad(loss, argnums=(0, 1))(h, w)
+
+  exact = jax.grad(lambda h, w: jnp.sum(naive(h, w, y, 1.0)[0]), argnums=(0, 1))(h, w)
+  assert all(float(jnp.abs(g).max()) == 0 for g in grads(1e3))
+  for a, b in zip(grads(2.0 ** -12), exact):
+    err = float(jnp.abs(a - b).max())
+    assert err <= 2.0 ** -12 * 32 * 8, err  # |d l| < thr on the skipped tiles, |h| < 8
+  with pytest.raises(ValueError, match="grad_filter"):
+    K.fused_logprob(h, w, y, impl="chunked", grad_filter=1e-3)
 
 
 def test_fwd_bwd_memory_far_below_naive():
@@ -279,6 +331,12 @@ def test_dispatch_and_errors():
   assert K.resolve_impl("auto", "gpu") == "pallas_gpu"
   assert K.resolve_impl("pallas", "cpu") == "pallas_tpu"
   assert K.resolve_impl("naive", "gpu") == "naive"
+  assert K.resolve_backward("auto", "pallas_gpu") == "pallas_gpu"
+  assert K.resolve_backward("auto", "chunked") == "chunked"
+  assert K.resolve_backward("chunked", "pallas_tpu") == "chunked"
+  assert K.resolve_backward("pallas", "chunked", "gpu") == "pallas_gpu"
+  with pytest.raises(ValueError, match="logprob_backward"):
+    K.resolve_backward("fast", "chunked")
   h, w, y, _, _ = _inputs()
   with pytest.raises(ValueError, match="logprob_impl"):
     K.fused_logprob(h, w, y, impl="fast")
@@ -307,7 +365,8 @@ def test_grpo_log_probs_same_with_every_impl():
         "completion": jnp.asarray(rng.integers(0, 300, (2, 3, 6)), jnp.int32)}
 
   def run(impl):
-    kern = dict(impl=impl, chunk_size=16, block_tokens=0, block_vocab=0)
+    # The Pallas backward is tested above; here the stage path with the XLA one (fast).
+    kern = dict(impl=impl, backward="chunked", chunk_size=16, block_tokens=0, block_vocab=0)
     f = lambda p: completion_logprobs(p, cfg, mb, temperature=0.8, kernel=kern, remat=False)
 
     @jax.jit  # one compile instead of op-by-op dispatch of the whole model
@@ -323,3 +382,62 @@ def test_grpo_log_probs_same_with_every_impl():
     np.testing.assert_allclose(got[1], want[1], atol=2e-5)
     for a, b in zip(jax.tree.leaves(got[2]), jax.tree.leaves(want[2])):
       np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_vocabulary_chunks_with_a_partial_last_chunk():
+  """The chunked forward / backward over vocabulary chunks (3 x 300 + 131 columns): the
+  partial statistics merge exactly and each d W slice is written once."""
+  _check("chunked", 0.9, entropy=True, kl=True, mask=True, inputs=_inputs(9), atol=2e-5,
+         grad_atol=2e-5, chunk_size=40, vocab_chunk=300)
+
+
+def test_vocabulary_parallel_with_vocabulary_chunks():
+  """fsdp_tp: each tensor shard owns 520 columns, streamed in chunks of 256 + 8."""
+  _sharded_case("fsdp_tp", "chunked", vocab_chunk=256)
+
+
+def test_merge_partials_equals_whole_vocabulary():
+  from r1jax.kernels import logprob_layout as lay
+  from r1jax.kernels import logprob_xla as xla
+  lg = jax.random.normal(jax.random.key(3), (5, 40)) * 4
+  y = jnp.array([0, 7, 39, 20, 21])
+  parts = [xla.tile_stats(lg[:, a:b], y - a) for a, b in ((0, 8), (8, 21), (21, 40))]
+  got = lay.merge_partials(*(jnp.stack(x) for x in zip(*parts)))
+  want = xla.tile_stats(lg, y)
+  for g, r in zip(got, want):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_forward_vocabulary_splits_merge_exactly():
+  """The (token tile, vocabulary split) grid: 3 and 7 splits of 16 tiles (7 leaves an
+  empty last split) give the statistics of the whole vocabulary."""
+  from r1jax.kernels import logprob_xla as xla
+  h, w, y, _, _ = _inputs(13, n=24, d=72, v=500)
+  want = xla.tile_stats(naive_logits(h, w), y)
+  for splits in (3, 7):
+    got = logprob_gpu.forward(h, w, y, block_tokens=16, block_vocab=32, splits=splits,
+                              interpret=True)
+    for g, r in zip(got, want):
+      np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5)
+  assert logprob_gpu.vocab_splits(32, 1187) == 9  # 2,048 tokens / 64: 32 x 9 >= 2 x 132
+  assert logprob_gpu.vocab_splits(256, 1187) == 2
+
+
+def naive_logits(h, w):
+  return jnp.dot(h.astype(jnp.float32), w.astype(jnp.float32),
+                 precision=jax.lax.Precision.HIGHEST)
+
+
+@pytest.mark.parametrize("kernel", [logprob_tpu, logprob_gpu])
+def test_targets_outside_the_slice_give_no_target_logit(kernel):
+  """A head slice (vocabulary-parallel shard or chunk) whose partial last tile does not
+  hold the target: target logit 0, lse and entropy of the slice unchanged."""
+  from r1jax.kernels import logprob_xla as xla
+  h, w, _, _, _ = _inputs(14, n=16, d=64, v=200)
+  y = jnp.array([-5, 199, 200, 255, 300, 0] + [7] * 10)  # 200..255: the last tile's padding
+  lse, ent, tgt = kernel.forward(h, w, y, block_tokens=16, block_vocab=128, interpret=True)
+  want = xla.tile_stats(naive_logits(h, w), y)
+  np.testing.assert_allclose(lse, want[0], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(ent, want[1], atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(tgt, want[2], atol=1e-5, rtol=1e-5)
+  assert np.all(np.asarray(tgt)[[0, 2, 3, 4]] == 0)

@@ -120,14 +120,16 @@ def kernels(n, ds, v, impls, reps, chunk, max_naive_gib):
     ref_grad = jax.jit(jax.grad(lambda h, w: _objective(*reference(h, w, y, block), coef),
                                 argnums=(0, 1)))
     rh, rw = ref_grad(h.astype(jnp.float32), w.astype(jnp.float32))
-    for impl in impls:
-      r = {"d": d, "impl": impl}
+    for name in impls:
+      r = {"d": d, "impl": name}
+      # IMPL:BACKWARD, e.g. pallas:chunked = Pallas forward, vocabulary-chunked XLA backward.
+      impl, _, backward = name.partition(":")
+      kw = dict(impl=impl, backward=backward or "auto", chunk_size=chunk,
+                return_entropy=True)
       try:
-        fwd = jax.jit(lambda h, w, y: K.fused_logprob(h, w, y, impl=impl, chunk_size=chunk,
-                                                       return_entropy=True)[:2])
+        fwd = jax.jit(lambda h, w, y: K.fused_logprob(h, w, y, **kw)[:2])
         grad = jax.jit(jax.grad(
-            lambda h, w: _objective(*K.fused_logprob(h, w, y, impl=impl, chunk_size=chunk,
-                                                     return_entropy=True)[:2], coef),
+            lambda h, w: _objective(*K.fused_logprob(h, w, y, **kw)[:2], coef),
             argnums=(0, 1)))
         cf = fwd.lower(h, w, y).compile()
         cb = grad.lower(h, w).compile()
@@ -236,7 +238,8 @@ def main(argv=None):
   ap.add_argument("--small", action="store_true", help="small shapes (CPU, interpret mode)")
   ap.add_argument("--sections", default="env,matmul,kernels,grpo")
   ap.add_argument("--reps", type=int, default=0, help="timed repetitions (default 5; small 2)")
-  ap.add_argument("--impls", default="pallas,chunked,naive")
+  ap.add_argument("--impls", default="pallas,pallas:chunked,chunked,naive",
+                  help="IMPL or IMPL:BACKWARD (kernels.logprob_backward)")
   ap.add_argument("--chunk", type=int, default=1024, help="log-prob chunk (tokens)")
   ap.add_argument("--max-naive-gib", type=float, default=0.0,
                   help="skip naive where its fwd+bwd needs more (default: 80%% of device "

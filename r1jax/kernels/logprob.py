@@ -2,63 +2,73 @@
 
 Every RL/SFT loss needs log pi(o_t) of the sampled tokens only, yet `log_softmax(h @ W)`
 builds [tokens, vocab] float32 logits (16k tokens x 151,936 = 10 GB before gradients).
-`fused_logprob` never does: it streams over vocabulary tiles with an online logsumexp
-(running max m, rescaled sum s = sum exp(l - m), and u = sum exp(l - m) * (l - m) for the
-entropy H = log s - u / s, kept relative to m so that it does not cancel), picks the target logit inside its tile, and keeps only [N] float32 statistics.
+`fused_logprob` never does: it streams over vocabulary tiles with an online logsumexp,
+picks the target logit inside its tile, and keeps only [N] float32 statistics: the
+logsumexp, the entropy and the target logit of each token (merged across vocabulary
+slices as in r1jax/kernels/logprob_layout.py).
 
 Implementations (`impl`, config key `kernels.logprob_impl`):
   naive    log_softmax of the full [N, V] logits (reference; autodiff).
-  chunked  pure JAX: lax.map over token chunks of C tokens, full vocabulary per chunk
-           (memory ~ C x V floats). The default on CPU.
-  pallas   Pallas forward kernel: Mosaic on TPU (r1jax/kernels/logprob_tpu.py), Triton on GPU
-           (r1jax/kernels/logprob_gpu.py); on CPU the TPU kernel in interpret mode (tests: slow).
-           `pallas_tpu` / `pallas_gpu` name one kernel explicitly (e.g. to interpret the
-           Triton kernel on CPU).
+  chunked  pure JAX (r1jax/kernels/logprob_xla.py): vocabulary chunks of Vc columns, each
+           over token chunks of C tokens (memory ~ C x Vc floats). The default on CPU.
+  pallas   Pallas kernels: Mosaic on TPU (logprob_tpu.py, logprob_bwd_tpu.py), Triton on
+           GPU (logprob_gpu.py, logprob_bwd_gpu.py); on CPU the TPU kernels in interpret
+           mode (tests: slow). `pallas_tpu` / `pallas_gpu` name one backend explicitly.
   auto     pallas on TPU/GPU, chunked on CPU.
+The backward (`backward`, config `kernels.logprob_backward`) is the forward's by default
+("auto"); "chunked" selects the XLA one after a Pallas forward.
 
-The backward pass (one `jax.custom_vjp` shared by chunked and pallas) recomputes the logits
-chunk by chunk over tokens: with p = softmax(l), E[l] = lse - H and cotangents g_lp, g_H,
+Backward (one `jax.custom_vjp`). With p = softmax(l), E[l] = lse - H and cotangents g_lp,
+g_H, d l_j = g_lp (1[j = y] - p_j) - g_H p_j (l_j - E[l]); d h = d l W^T / T and
+d W = h^T d l / T. It recomputes the logits from the saved logsumexp and entropy:
+  - chunked: for each vocabulary chunk, a scan over token chunks accumulates the chunk's
+    float32 d W [D, Vc] in the loop carry and writes it once (reduce-scattered into the
+    head's layout on a mesh); d hidden accumulates in float32 [N, D];
+  - Pallas TPU: two kernels in the FlashAttention-2 manner (d hidden over vocabulary
+    tiles, d W over token tiles), each accumulating its float32 tile in VMEM;
+  - Pallas GPU: one kernel over (token, vocabulary) tiles adding d hidden and d W with
+    atomics (as Cut Cross-Entropy and tokamax do), optional gradient filtering.
 
-    d l_ij = g_lp_i * (1[j = y_i] - p_ij) - g_H_i * p_ij * (l_ij - E_i[l]),
-
-then d h = (d l @ W^T) / T and d W += h^T @ d l / T per chunk. That is three matmul-sized
-products per chunk (recompute, dh, dW), one fewer than two separate recomputing kernels
-would need, each a plain XLA matmul (at peak on every backend); memory is bounded by the
-chunk (C x V) plus d W itself, never N x V.
-
-Data parallelism (`mesh`, `token_axes`): forward and backward both run under one
-`shard_map` in which each device sees only its own tokens. The token axes are the batch
-axes plus every other mesh axis of size > 1 that still divides the local token count
-(e.g. `tensor`): the LM head is computed once per token, never once per replica. The head
-enters whole (XLA all-gathers an FSDP-split head once, in the compute dtype); the local
-d W is reduced once, by `psum_scatter` into W's own layout (`weight_spec`, default from
-r1jax.sharding.DEFAULT_RULES) over the token axes that split it and `psum` over the rest.
-No [tokens, D] hidden state or [tokens, V] logit is ever gathered. Vocabulary-parallel
-tensor sharding (partial statistics merged across vocabulary shards) is the alternative
-this does not take: splitting tokens needs no cross-device merge in the forward.
+Mesh (`mesh`, `token_axes`, `weight_spec`): forward and backward run under one shard_map.
+The tokens are split over the batch axes (and any other axis that divides them), the
+vocabulary over the axes that split the head's vocabulary dimension (`tensor` under the
+default rules: vocabulary-parallel, statistics merged across shards, d hidden summed),
+and the head's FSDP-split rows are all-gathered one vocabulary chunk at a time, with each
+chunk's d W reduce-scattered straight back (r1jax/kernels/logprob_layout.py).
 
 Precision: products run in the hidden states' dtype (W is cast to h.dtype, as
 `models.decoder.logits` does) with float32 accumulation; statistics, log-probs and d W
-accumulate in float32.
+accumulate in float32; d hidden comes back in h's dtype and d W in W's.
 
 Source: the k3 KL estimator of R1_SPEC section 2 (Schulman 2020); the online logsumexp of
-Milakov & Gimelshein 2018 (as in FlashAttention); the same idea as Liger-Kernel's fused
-linear cross-entropy and Apple's Cut Cross-Entropy (Wijmans et al. 2024), in JAX.
+Milakov & Gimelshein 2018 (as in FlashAttention, Dao 2023 for the two-kernel backward);
+the same idea as Liger-Kernel's fused linear cross-entropy and Apple's Cut Cross-Entropy
+(Wijmans et al. 2024, gradient filtering), in JAX.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
-from absl import logging
 from jax.sharding import PartitionSpec as P
 
+from r1jax.kernels import logprob_layout as lay
+from r1jax.kernels import logprob_xla as xla
+from r1jax.kernels.logprob_layout import default_weight_spec, split_axes  # noqa: F401
+
 IMPLS = ("auto", "pallas", "chunked", "naive", "pallas_tpu", "pallas_gpu")
+BACKWARDS = ("auto", "pallas", "chunked")
+# Forward impls that have a Pallas backward of their own (the others fall back to chunked).
+PALLAS_BACKWARDS = ("pallas_tpu", "pallas_gpu")
+# Columns per vocabulary chunk of the chunked implementation when the config says 0.
+DEFAULT_VOCAB_CHUNK = 4096
+# Pallas with an FSDP-split head: columns gathered (and d W reduce-scattered) at a time, so
+# that no device holds the whole local head or its whole float32 gradient.
+DEFAULT_PALLAS_VOCAB_CHUNK = 32768
 
 
 class LogprobOutput(NamedTuple):
@@ -76,17 +86,25 @@ class LogprobOutput(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-  """Static settings of one fused call (hashable: a custom_vjp non-differentiable arg)."""
+class Spec:
+  """Static settings of one fused call (hashable: a custom_vjp non-differentiable arg).
+
+  impl / backward: "chunked" | "pallas_tpu" | "pallas_gpu" (resolved).
+  chunk_size: tokens per token chunk (chunked); vocab_chunk: columns per vocabulary chunk
+  (0 = the whole local vocabulary). grad_filter: skip kernel tiles whose |d logits| are
+  all below it (0 = off). layout: the mesh layout (logprob_layout.Layout).
+  """
   temperature: float
-  impl: str  # "pallas_tpu" | "pallas_gpu" | "chunked"
-  chunk_size: int
-  block_tokens: int
-  block_vocab: int
-  interpret: bool
+  impl: str
+  backward: str = "chunked"
+  chunk_size: int = 256
+  vocab_chunk: int = 0
+  block_tokens: int = 0
+  block_vocab: int = 0
+  grad_filter: float = 0.0
+  interpret: bool = False
   mesh: Optional[jax.sharding.Mesh] = None
-  token_axes: tuple[str, ...] = ()  # mesh axes splitting the tokens, major to minor
-  weight_spec: Optional[P] = None  # layout of d W (W's own); None: replicated
+  layout: lay.Layout = lay.Layout()
 
 
 def resolve_impl(impl: str, backend: Optional[str] = None) -> str:
@@ -105,17 +123,43 @@ def resolve_impl(impl: str, backend: Optional[str] = None) -> str:
   return impl
 
 
+def resolve_backward(backward: str, impl: str, backend: Optional[str] = None) -> str:
+  """The backward `backward` means after the (resolved) forward `impl`.
+
+  Raises:
+    ValueError: unknown backward.
+  """
+  if backward not in BACKWARDS:
+    raise ValueError(f"kernels.logprob_backward must be one of {BACKWARDS}, got "
+                     f"{backward!r}")
+  if backward == "auto":
+    return impl if impl in PALLAS_BACKWARDS else "chunked"
+  resolved = resolve_impl(backward, backend)
+  if resolved in ("pallas_tpu", "pallas_gpu") and resolved not in PALLAS_BACKWARDS:
+    raise ValueError(f"kernels.logprob_backward: no Pallas backward for {resolved!r} yet")
+  return resolved
+
+
 def default_config():
   """The `kernels` block of a stage config (ml_collections.ConfigDict)."""
   from ml_collections import ConfigDict
   c = ConfigDict()
   # auto (Pallas on TPU/GPU, chunked on CPU) | pallas | chunked | naive.
   c.logprob_impl = "auto"
-  # Tokens per chunk of the chunked forward and of the backward (memory ~ chunk x vocab).
+  # Backward: auto (the forward's) | pallas | chunked (XLA).
+  c.logprob_backward = "auto"
+  # Tokens per token chunk of the chunked forward / backward (memory ~ chunk x vocab chunk).
   c.logprob_chunk_size = 256
-  # Pallas tiles (tokens, vocabulary); 0 = the backend's default.
+  # Columns per vocabulary chunk (the head is gathered and its gradient reduce-scattered
+  # one chunk at a time); 0 = 4096 for chunked; for pallas the whole local vocabulary, or
+  # 32768 when the head's rows are FSDP-split.
+  c.logprob_vocab_chunk = 0
+  # Pallas tiles (tokens, vocabulary); 0 = the backend's default (per TPU generation).
   c.block_tokens = 0
   c.block_vocab = 0
+  # Pallas backward: skip tiles whose |d logits| are all below this (0 = off; Cut
+  # Cross-Entropy uses 2**-12 for bf16).
+  c.grad_filter = 0.0
   return c
 
 
@@ -130,15 +174,23 @@ def kwargs_from_config(kcfg, mesh=None, token_axes=None, weight_spec=None) -> di
       r1jax.sharding.DEFAULT_RULES.
 
   Raises:
-    ValueError: unknown logprob_impl, non-positive chunk, negative tiles.
+    ValueError: unknown logprob_impl / logprob_backward, non-positive chunk, negative
+      tiles, vocabulary chunk or grad_filter.
   """
   resolve_impl(kcfg.logprob_impl)
+  backward = kcfg.get("logprob_backward", "auto")
+  resolve_backward(backward, "chunked")
   if kcfg.logprob_chunk_size < 1:
     raise ValueError(f"kernels.logprob_chunk_size must be >= 1, got {kcfg.logprob_chunk_size}")
-  if kcfg.block_tokens < 0 or kcfg.block_vocab < 0:
-    raise ValueError("kernels.block_tokens / block_vocab must be >= 0 (0 = default)")
-  out = dict(impl=kcfg.logprob_impl, chunk_size=kcfg.logprob_chunk_size,
-             block_tokens=kcfg.block_tokens, block_vocab=kcfg.block_vocab)
+  vocab_chunk = kcfg.get("logprob_vocab_chunk", 0)
+  grad_filter = kcfg.get("grad_filter", 0.0)
+  for key, value in (("block_tokens", kcfg.block_tokens), ("block_vocab", kcfg.block_vocab),
+                     ("logprob_vocab_chunk", vocab_chunk), ("grad_filter", grad_filter)):
+    if value < 0:
+      raise ValueError(f"kernels.{key} must be >= 0 (0 = default / off), got {value}")
+  out = dict(impl=kcfg.logprob_impl, backward=backward, chunk_size=kcfg.logprob_chunk_size,
+             vocab_chunk=vocab_chunk, block_tokens=kcfg.block_tokens,
+             block_vocab=kcfg.block_vocab, grad_filter=float(grad_filter))
   if mesh is not None:
     out.update(mesh=mesh, token_axes=token_axes)
     if weight_spec is not None:
@@ -146,11 +198,50 @@ def kwargs_from_config(kcfg, mesh=None, token_axes=None, weight_spec=None) -> di
   return out
 
 
+def make_spec(num_tokens: int, lm_head_shape, *, temperature: float = 1.0,
+              impl: str = "auto", backward: str = "auto", chunk_size: int = 256,
+              vocab_chunk: int = 0, block_tokens: int = 0, block_vocab: int = 0,
+              grad_filter: float = 0.0, interpret: Optional[bool] = None, mesh=None,
+              token_axes: Any = None, weight_spec: Optional[P] = None,
+              vocab_parallel: bool = True) -> Spec:
+  """The Spec of a call with these settings (see fused_logprob for the arguments).
+
+  Raises:
+    ValueError: temperature <= 0, bad chunk sizes, unknown impl / backward, a gradient
+      filter without a Pallas backward, tokens that the batch axes do not divide.
+  """
+  if not temperature > 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  if chunk_size < 1:
+    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+  if vocab_chunk < 0 or grad_filter < 0:
+    raise ValueError(f"vocab_chunk and grad_filter must be >= 0, got {vocab_chunk}, "
+                     f"{grad_filter}")
+  impl = resolve_impl(impl)
+  bwd = resolve_backward(backward, impl)
+  if grad_filter > 0 and bwd == "chunked":
+    raise ValueError("kernels.grad_filter needs a Pallas backward (kernels.logprob_backward"
+                     f" resolves to 'chunked' for impl {impl!r})")
+  if interpret is None:
+    interpret = jax.default_backend() == "cpu"
+  layout = lay.Layout()
+  if mesh is not None:
+    if weight_spec is None:
+      weight_spec = default_weight_spec(mesh, lm_head_shape)
+    layout = lay.plan(mesh, token_axes, num_tokens, weight_spec, vocab_parallel)
+    if not (layout.token_axes or layout.vocab_axes or layout.row_axes):
+      mesh = None
+  return Spec(float(temperature), impl, bwd, int(chunk_size), int(vocab_chunk),
+              int(block_tokens), int(block_vocab), float(grad_filter), bool(interpret),
+              mesh, layout)
+
+
 def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
                   temperature: float = 1.0, ref_logprob: Optional[jax.Array] = None,
                   mask: Optional[jax.Array] = None, return_entropy: bool = False,
-                  impl: str = "auto", chunk_size: int = 1024, block_tokens: int = 0,
-                  block_vocab: int = 0, interpret: Optional[bool] = None,
+                  impl: str = "auto", backward: str = "auto", chunk_size: int = 256,
+                  vocab_chunk: int = 0, block_tokens: int = 0, block_vocab: int = 0,
+                  grad_filter: float = 0.0, interpret: Optional[bool] = None,
                   mesh: Optional[jax.sharding.Mesh] = None, token_axes: Any = None,
                   weight_spec: Optional[P] = None) -> LogprobOutput:
   """Log-prob of each target token (and entropy, k3 KL) without [N, V] logits.
@@ -167,16 +258,19 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
     return_entropy: also return the entropy of each next-token distribution.
     impl: "auto" | "pallas" | "chunked" | "naive" | "pallas_tpu" | "pallas_gpu" (see the
       module docstring).
-    chunk_size: tokens per chunk of the chunked forward and of the backward (memory
-      ~ chunk_size x V float32).
+    backward: "auto" (the forward's) | "pallas" | "chunked".
+    chunk_size: tokens per token chunk of the chunked forward / backward.
+    vocab_chunk: columns per vocabulary chunk (0 = 4096 for chunked; for Pallas the whole
+      local vocabulary, 32768 when the head's rows are FSDP-split); memory of chunked
+      ~ chunk_size x vocab_chunk floats.
     block_tokens, block_vocab: Pallas tile sizes (0 = the backend's default).
+    grad_filter: Pallas backward: skip tiles whose |d logits| are all below it (0 = off).
     interpret: run Pallas in interpret mode (default: when the backend is CPU).
     mesh, token_axes: the tokens are sharded over mesh axes `token_axes` (a name or tuple
       of names, as in a PartitionSpec entry; None = none): forward and backward then run
-      per device on its own tokens under shard_map (module docstring), every impl. The
-      other mesh axes of size > 1 split the tokens further where they divide them.
-    weight_spec: PartitionSpec of lm_head on `mesh` (where its gradient is reduce-scattered
-      to); None = ("embed", "vocab") under r1jax.sharding.DEFAULT_RULES.
+      per device under shard_map (module docstring), every impl.
+    weight_spec: PartitionSpec of lm_head on `mesh`; None = ("embed", "vocab") under
+      r1jax.sharding.DEFAULT_RULES.
 
   Returns:
     LogprobOutput(logprob [N], entropy [N] | None, kl [N] | None), float32. Differentiable
@@ -184,7 +278,7 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
 
   Raises:
     ValueError: shapes that do not match, temperature <= 0, unknown impl, tokens that the
-      batch axes of `token_axes` do not divide.
+      batch axes of `token_axes` do not divide, grad_filter with the chunked backward.
   """
   if hidden.ndim != 2 or lm_head.ndim != 2 or targets.ndim != 1:
     raise ValueError(f"expected hidden [N, D], lm_head [D, V], targets [N]; got "
@@ -196,23 +290,16 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
   for name, x in (("ref_logprob", ref_logprob), ("mask", mask)):
     if x is not None and x.shape != (N,):
       raise ValueError(f"{name} must have shape ({N},), got {x.shape}")
-  if not temperature > 0:
-    raise ValueError(f"temperature must be > 0, got {temperature}")
-  if chunk_size < 1:
-    raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-  impl = resolve_impl(impl)
+  naive = resolve_impl(impl) == "naive"
+  spec = make_spec(N, lm_head.shape, temperature=temperature,
+                   impl="chunked" if naive else impl, backward=backward,
+                   chunk_size=chunk_size, vocab_chunk=vocab_chunk,
+                   block_tokens=block_tokens, block_vocab=block_vocab,
+                   grad_filter=grad_filter, interpret=interpret, mesh=mesh,
+                   token_axes=token_axes, weight_spec=weight_spec,
+                   vocab_parallel=not naive)
   targets = targets.astype(jnp.int32)
-  axes: tuple[str, ...] = ()
-  if mesh is not None:
-    axes = split_axes(mesh, token_axes, N)
-    if weight_spec is None:
-      weight_spec = default_weight_spec(mesh, lm_head.shape)
-  if interpret is None:
-    interpret = jax.default_backend() == "cpu"
-  spec = _Spec(float(temperature), impl, int(chunk_size), int(block_tokens),
-               int(block_vocab), bool(interpret), mesh if axes else None, axes,
-               weight_spec if axes else None)
-  if impl == "naive":
+  if naive:
     logp, ent = _naive_sharded(hidden, lm_head, targets, spec)
   else:
     logp, ent = _fused(hidden, lm_head, targets, spec)
@@ -228,179 +315,159 @@ def fused_logprob(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
 
 
 def token_logprobs(hidden: jax.Array, weight: jax.Array, targets: jax.Array, *,
-                   temperature: float = 1.0, chunk_size: int = 1024, impl: str = "auto",
-                   block_tokens: int = 0, block_vocab: int = 0, mesh=None, token_axes=None,
-                   weight_spec=None, interpret: Optional[bool] = None):
+                   temperature: float = 1.0, **kwargs):
   """Batched convenience form used by the losses: log-probs and entropies per position.
 
   Args:
     hidden: [B, T, D]; weight: [D, V]; targets: [B, T] int.
-    temperature, chunk_size, impl, block_tokens, block_vocab, mesh, token_axes,
-      weight_spec, interpret: as in `fused_logprob` (chunk_size counts tokens, i.e. rows
-      of the flattened [B * T] batch; token_axes shard B).
+    temperature, **kwargs: as in `fused_logprob` (chunk_size counts tokens, i.e. rows of
+      the flattened [B * T] batch; token_axes shard B).
 
   Returns:
     (logp [B, T], entropy [B, T]) float32.
   """
   B, T, D = hidden.shape
   out = fused_logprob(hidden.reshape(B * T, D), weight, targets.reshape(B * T),
-                      temperature=temperature, return_entropy=True, impl=impl,
-                      chunk_size=chunk_size, block_tokens=block_tokens,
-                      block_vocab=block_vocab, mesh=mesh, token_axes=token_axes,
-                      weight_spec=weight_spec, interpret=interpret)
+                      temperature=temperature, return_entropy=True, **kwargs)
   return out.logprob.reshape(B, T), out.entropy.reshape(B, T)
 
 
-# ---------------------------------------------------------------------- sharding
-def _as_axes(entry) -> tuple[str, ...]:
-  if entry is None:
-    return ()
-  return (entry,) if isinstance(entry, str) else tuple(entry)
-
-
-def split_axes(mesh: jax.sharding.Mesh, token_axes: Any, num_tokens: int) -> tuple[str, ...]:
-  """Mesh axes that split `num_tokens` tokens, major to minor: the batch axes
-  `token_axes` (size-1 axes dropped), then every other mesh axis of size > 1 that divides
-  what is left (an axis that does not is logged: its devices repeat the same tokens).
-
-  Raises:
-    ValueError: the batch axes do not divide num_tokens, or name an unknown mesh axis.
-  """
-  given = _as_axes(token_axes)
-  unknown = [a for a in given if a not in mesh.shape]
-  if unknown:
-    raise ValueError(f"token_axes {unknown} are not axes of the mesh {dict(mesh.shape)}")
-  axes = [a for a in given if mesh.shape[a] > 1]
-  n = math.prod(mesh.shape[a] for a in axes)
-  if num_tokens % n:
-    raise ValueError(f"{num_tokens} tokens do not split over the batch axes {axes} "
-                     f"({n} shards)")
-  for a in mesh.axis_names:
-    if a in given or mesh.shape[a] == 1:
-      continue
-    if num_tokens % (n * mesh.shape[a]) == 0:
-      axes.append(a)
-      n *= mesh.shape[a]
-    else:
-      logging.log_first_n(logging.WARNING, "fused log-prob: %d tokens do not split over mesh "
-                          "axis %r as well; its %d devices compute the same tokens", 4,
-                          num_tokens, a, mesh.shape[a])
-  return tuple(axes)
-
-
-def default_weight_spec(mesh: jax.sharding.Mesh, shape) -> P:
-  """Layout of an LM head [D, V] under r1jax.sharding.DEFAULT_RULES (embed, vocab)."""
-  from r1jax import sharding as shd
-  return shd.logical_to_spec(("embed", "vocab"), shape, mesh, shd.DEFAULT_RULES,
-                             on_indivisible="replicate")
-
-
-def _reduce_weight_grad(dw: jax.Array, spec: _Spec) -> jax.Array:
-  """Local d W partial sums -> the sum over the token axes, in W's layout (inside
-  shard_map): psum_scatter along each dim over its token axes, psum over the others; a
-  layout axis that does not split tokens (its devices hold equal sums) is a local slice."""
-  layout = list(spec.weight_spec or P()) + [None] * (dw.ndim - len(spec.weight_spec or P()))
-  tokens = set(spec.token_axes)
-  scattered = set()
-  for dim, entry in enumerate(layout):
-    names = [a for a in _as_axes(entry) if spec.mesh.shape[a] > 1]
-    if not names:
-      continue
-    if all(a in tokens for a in names):
-      dw = jax.lax.psum_scatter(dw, tuple(names), scatter_dimension=dim, tiled=True)
-      scattered.update(names)
-    else:  # slice (major to minor), summing over the token axes among them first
-      for a in names:
-        if a in tokens:
-          dw = jax.lax.psum_scatter(dw, a, scatter_dimension=dim, tiled=True)
-          scattered.add(a)
-        else:
-          size = dw.shape[dim] // spec.mesh.shape[a]
-          dw = jax.lax.dynamic_slice_in_dim(dw, jax.lax.axis_index(a) * size, size, dim)
-  rest = tuple(a for a in spec.token_axes if a not in scattered)
-  return jax.lax.psum(dw, rest) if rest else dw
-
-
-def _sharded(fn, spec: _Spec, in_specs, out_specs, check_vma=False):
-  """fn per device under shard_map over spec.token_axes, or fn itself when unsharded."""
-  if spec.mesh is None:
-    return fn
-  return jax.shard_map(fn, mesh=spec.mesh, in_specs=in_specs, out_specs=out_specs,
-                       check_vma=check_vma)
-
-
 # ---------------------------------------------------------------------- naive reference
-def _logits(h, w, temperature):
-  """[C, D] x [D, V] -> [C, V] float32 logits / T, products in h's dtype."""
-  return jnp.dot(h, w.astype(h.dtype), preferred_element_type=jnp.float32) / temperature
-
-
-def _naive(h, w, y, temperature):
-  logits = _logits(h, w, temperature)
-  logsm = jax.nn.log_softmax(logits, axis=-1)
-  logp = jnp.take_along_axis(logsm, y[:, None], axis=-1)[:, 0]
-  ent = -jnp.sum(jnp.exp(logsm) * logsm, axis=-1)
-  return logp, ent
-
-
-def _naive_sharded(h, w, y, spec: _Spec):
-  tok = P(spec.token_axes)
+def _naive_sharded(h, w, y, spec: Spec):
+  tok = P(spec.layout.token_axes)
   # check_vma: autodiff then psums the replicated head's cotangent itself.
-  run = _sharded(functools.partial(_naive, temperature=spec.temperature), spec,
-                 (P(spec.token_axes, None), P(), tok), (tok, tok), check_vma=True)
+  run = lay.sharded(functools.partial(xla.naive, temperature=spec.temperature), spec.mesh,
+                    (P(spec.layout.token_axes, None), P(), tok), (tok, tok), check_vma=True)
   return run(h, w.astype(h.dtype), y)
 
 
-# ---------------------------------------------------------------------- fused custom_vjp
-def _pad_rows(x, n):
-  pad = n - x.shape[0]
-  return x if pad == 0 else jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+# ---------------------------------------------------------------------- kernels
+def kernel_module(name: tuple[str, str]):
+  """The Pallas module of (resolved impl, "fwd" | "bwd")."""
+  import importlib
+  module = {("pallas_tpu", "fwd"): "logprob_tpu", ("pallas_gpu", "fwd"): "logprob_gpu",
+            ("pallas_tpu", "bwd"): "logprob_bwd_tpu", ("pallas_gpu", "bwd"): "logprob_bwd_gpu"}
+  return importlib.import_module(f"r1jax.kernels.{module[name]}")
 
 
-def _chunk_stats(h, w, y, temperature):
-  """One token chunk, full vocabulary: (logp, entropy, lse), each [C] float32."""
-  logits = _logits(h, w, temperature)
-  lse = jax.nn.logsumexp(logits, axis=-1)
-  target = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
-  p = jnp.exp(logits - lse[:, None])
-  # H = sum p (lse - l): every term >= 0 (lse - E[l] would cancel for peaked logits).
-  return target - lse, jnp.sum(p * (lse[:, None] - logits), axis=-1), lse
+def vocab_chunks(local_vocab: int, spec: Spec, impl: str) -> tuple[int, int, int]:
+  """(columns per chunk Vc, number of full chunks, columns of the last partial chunk)."""
+  if spec.vocab_chunk:
+    vc = spec.vocab_chunk
+  elif impl == "chunked":
+    vc = DEFAULT_VOCAB_CHUNK
+  else:  # one kernel call over the whole local vocabulary unless rows are gathered
+    vc = DEFAULT_PALLAS_VOCAB_CHUNK if spec.layout.row_axes else local_vocab
+  vc = min(vc, local_vocab)
+  n_full, rem = divmod(local_vocab, vc)
+  return vc, n_full, rem
 
 
-def _forward_chunked(h, w, y, spec: _Spec):
-  N, D = h.shape
-  C = min(spec.chunk_size, N)
-  n = -(-N // C)
-  hs = _pad_rows(h, n * C).reshape(n, C, D)
-  ys = _pad_rows(y, n * C).reshape(n, C)
-  out = jax.lax.map(lambda a: _chunk_stats(a[0], w, a[1], spec.temperature), (hs, ys))
-  return tuple(x.reshape(n * C)[:N] for x in out)
-
-
-def _forward_local(h, w, y, spec: _Spec):
-  """(logp, entropy, lse), each [n] float32, of this device's tokens; w in h's dtype."""
+def _forward_partial(h, w, y, spec: Spec):
+  """(lse, ent, tgt) [n] float32 over this device's vocabulary slice w [D', V'] (compute
+  dtype, rows as stored); y: [n] target columns relative to the slice."""
+  n = h.shape[0]
+  vc, n_full, rem = vocab_chunks(w.shape[1], spec, spec.impl)
+  gather = lambda wc: lay.gather_rows(wc, spec.layout)
   if spec.impl == "chunked":
-    return _forward_chunked(h, w, y, spec)
-  if spec.impl in ("pallas_tpu", "pallas_gpu"):
-    if spec.impl == "pallas_gpu":
-      from r1jax.kernels import logprob_gpu as kernel
-    else:
-      from r1jax.kernels import logprob_tpu as kernel
-    return kernel.forward(h, w, y, temperature=spec.temperature,
-                          block_tokens=spec.block_tokens, block_vocab=spec.block_vocab,
-                          interpret=spec.interpret)
-  raise ValueError(f"unknown fused impl {spec.impl!r}")
+    C, k = xla.token_blocks(n, spec.chunk_size)
+    hs, ys = xla.as_blocks(h, C, k), xla.as_blocks(y, C, k, -1)
+
+    def part(wc, start):
+      out = xla.chunk_forward(hs, gather(wc), ys - start, spec.temperature)
+      return tuple(x.reshape(-1)[:n] for x in out)
+  else:
+    fwd = kernel_module((spec.impl, "fwd")).forward
+
+    def part(wc, start):
+      return fwd(h, gather(wc), y - start, temperature=spec.temperature,
+                 block_tokens=spec.block_tokens, block_vocab=spec.block_vocab,
+                 interpret=spec.interpret)
+
+  stats = part(w[:, :vc], 0)
+  if n_full > 1:
+    def body(st, c):
+      start = c * vc
+      return lay.merge_two(st, part(jax.lax.dynamic_slice_in_dim(w, start, vc, 1), start)), None
+    stats, _ = jax.lax.scan(body, stats, jnp.arange(1, n_full))
+  if rem:
+    stats = lay.merge_two(stats, part(w[:, n_full * vc:], n_full * vc))
+  return stats
 
 
-def _forward(h, w, y, spec: _Spec):
-  tok = P(spec.token_axes)
-  run = _sharded(functools.partial(_forward_local, spec=spec), spec,
-                 (P(spec.token_axes, None), P(), tok), (tok, tok, tok))
+def _backward_local(h, w, y, lse, mean_l, g_lp, g_ent, spec: Spec):
+  """(d hidden [n, D] float32, d W [D', V'] float32 summed over all devices' tokens, in
+  the head's local layout) for this device's tokens and vocabulary slice."""
+  n, D = h.shape
+  vc, n_full, rem = vocab_chunks(w.shape[1], spec, spec.backward)
+  gather = lambda wc: lay.gather_rows(wc, spec.layout)
+  reduce = lambda dw: lay.reduce_rows(dw, spec.layout, spec.mesh)
+  if spec.backward == "chunked":
+    C, k = xla.token_blocks(n, spec.chunk_size)
+    hs, ys = xla.as_blocks(h, C, k), xla.as_blocks(y, C, k, -1)
+    stats = [xla.as_blocks(x, C, k) for x in (lse, mean_l, g_lp, g_ent)]
+    dh0 = jnp.zeros((k, C, D), jnp.float32)
+
+    def part(wc, start, dh):
+      dh, dw = xla.chunk_backward(hs, gather(wc), ys - start, *stats, dh, spec.temperature)
+      return dh, reduce(dw)
+    finish = lambda dh: dh.reshape(k * C, D)[:n]
+  else:
+    bwd = kernel_module((spec.backward, "bwd")).backward
+    dh0 = None
+
+    def part(wc, start, dh):
+      dhc, dw = bwd(h, gather(wc), y - start, lse, mean_l, g_lp, g_ent,
+                    temperature=spec.temperature, block_tokens=spec.block_tokens,
+                    block_vocab=spec.block_vocab, grad_filter=spec.grad_filter,
+                    interpret=spec.interpret)
+      return (dhc if dh is None else dh + dhc), reduce(dw)
+    finish = lambda dh: dh
+
+  if n_full == 1 and rem == 0:
+    dh, dw = part(w, 0, dh0)
+    return finish(dh), dw
+  if dh0 is None:
+    dh0 = jnp.zeros((n, D), jnp.float32)
+
+  def body(carry, c):  # each chunk's d W slice is written once, in place
+    dh, dw_all = carry
+    start = c * vc
+    dh, dwc = part(jax.lax.dynamic_slice_in_dim(w, start, vc, 1), start, dh)
+    return (dh, jax.lax.dynamic_update_slice_in_dim(dw_all, dwc, start, 1)), None
+
+  (dh, dw), _ = jax.lax.scan(body, (dh0, jnp.zeros(w.shape, jnp.float32)),
+                             jnp.arange(n_full))
+  if rem:
+    dh, dwc = part(w[:, n_full * vc:], n_full * vc, dh)
+    dw = dw.at[:, n_full * vc:].set(dwc)
+  return finish(dh), dw
+
+
+# ---------------------------------------------------------------------- custom_vjp
+def _local_targets(y, w, spec: Spec):
+  """Target ids relative to this device's vocabulary slice (inside shard_map)."""
+  if not spec.layout.vocab_axes:
+    return y
+  return y - lay.vocab_offset(spec.layout, spec.mesh, w.shape[1])
+
+
+def _forward(h, w, y, spec: Spec):
+  L = spec.layout
+  tok = P(L.token_axes)
+
+  def local(h, w, y):
+    stats = _forward_partial(h, w, _local_targets(y, w, spec), spec)
+    lse, ent, tgt = lay.merge_across(L.vocab_axes, *stats)
+    return tgt - lse, ent, lse
+
+  run = lay.sharded(local, spec.mesh, (P(L.token_axes, None), L.weight_in, tok),
+                    (tok, tok, tok))
   return run(h, w.astype(h.dtype), y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fused(h, w, y, spec: _Spec):
+def _fused(h, w, y, spec: Spec):
   logp, ent, _ = _forward(h, w, y, spec)
   return logp, ent
 
@@ -413,49 +480,21 @@ def _fused_fwd(h, w, y, spec):
 def _fused_bwd(spec, res, cts):
   h, w, y, lse, ent = res
   g_lp, g_ent = cts
-  tok = P(spec.token_axes)
+  L = spec.layout
+  tok = P(L.token_axes)
 
-  def local(h, wc, y, lse, ent, g_lp, g_ent):
-    dh, dw = _backward_chunked(h, wc, y, lse, ent, g_lp, g_ent, spec)
-    if spec.mesh is not None:
-      dw = _reduce_weight_grad(dw, spec)
-    return dh, dw
+  def local(h, w, y, lse, ent, g_lp, g_ent):
+    dh, dw = _backward_local(h, w, _local_targets(y, w, spec), lse, lse - ent, g_lp, g_ent,
+                             spec)
+    if L.vocab_axes:  # each vocabulary slice contributes to every token's d hidden
+      dh = jax.lax.psum(dh, L.vocab_axes)
+    return dh.astype(h.dtype), dw
 
-  run = _sharded(local, spec, (P(spec.token_axes, None), P(), tok, tok, tok, tok, tok),
-                 (P(spec.token_axes, None), spec.weight_spec or P()))
+  run = lay.sharded(local, spec.mesh, (P(L.token_axes, None), L.weight_in) + (tok,) * 5,
+                    (P(L.token_axes, None), L.weight_in))
   dh, dw = run(h, w.astype(h.dtype), y, lse, ent, g_lp.astype(jnp.float32),
                g_ent.astype(jnp.float32))
   return dh, dw.astype(w.dtype), None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
-
-
-def _backward_chunked(h, w, y, lse, ent, g_lp, g_ent, spec: _Spec):
-  """d hidden [n, D] (h's dtype) and the float32 d lm_head [D, V] of this device's tokens,
-  recomputing logits per chunk of C tokens; w is in h's dtype."""
-  N, D = h.shape
-  V = w.shape[1]
-  dt = h.dtype
-  C = min(spec.chunk_size, N)
-  n = -(-N // C)
-  rows = lambda x: _pad_rows(x, n * C).reshape(n, C, *x.shape[1:])
-  # Padded rows have zero cotangents, hence zero d logits.
-  xs = (rows(h), rows(y), rows(lse), rows(ent), rows(g_lp), rows(g_ent))
-  inv_t = 1.0 / spec.temperature
-
-  def body(dw, x):
-    hc, yc, lsec, entc, glp, gent = x
-    logits = _logits(hc, w, spec.temperature)
-    p = jnp.exp(logits - lsec[:, None])
-    mean_l = (lsec - entc)[:, None]  # E_p[l] = lse - H
-    onehot = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1) == yc[:, None]
-    dl = (jnp.where(onehot, glp[:, None], 0.0) - p * (glp[:, None] + gent[:, None] *
-                                                      (logits - mean_l))) * inv_t
-    dl = dl.astype(dt)
-    dhc = jnp.dot(dl, w.T, preferred_element_type=jnp.float32)
-    dw = dw + jnp.dot(hc.T, dl, preferred_element_type=jnp.float32)
-    return dw, dhc
-
-  dw, dh = jax.lax.scan(body, jnp.zeros((D, V), jnp.float32), xs)
-  return dh.reshape(n * C, D)[:N].astype(dt), dw

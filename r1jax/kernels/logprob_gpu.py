@@ -1,14 +1,23 @@
-"""Triton (GPU) Pallas forward of the fused log-prob: one program per token tile, an
-in-kernel loop over vocabulary tiles with an online logsumexp.
+"""Triton (GPU) Pallas forward of the fused log-prob: programs over (token tile, vocabulary
+split), each looping over its split's vocabulary tiles with an online logsumexp.
 
-Each program owns bn tokens. For each vocabulary tile of bv columns it accumulates the
-[bn, bv] logits over the hidden dimension in chunks of bd (Triton tensors must have
-power-of-two shapes; hidden sizes such as 576 or 1536 are not), then updates four
-[bn] float32 statistics held in registers: running max m, s = sum exp(l - m),
-u = sum exp(l - m) * (l - m) (entropy) and the target logit t. The vocabulary and hidden edges
-use masked loads (no padded copy of the [D, V] LM head); tokens are padded to a multiple
-of bn (cheap: [N, D]). The backward pass is the token-chunked recompute in
-r1jax/kernels/logprob.py.
+Program (i, s) owns bn tokens and V / S columns. For each vocabulary tile of bv columns it
+accumulates the [bn, bv] logits over the hidden dimension in chunks of bd (Triton tensors
+must have power-of-two shapes; hidden sizes such as 576 or 1536 are not), with
+jnp.dot(..., preferred_element_type=float32), then updates four [bn] float32 statistics
+held in registers: running max m, s = sum exp(l - m), u = sum exp(l - m) (l - m) (entropy)
+and the target logit t. It writes the split's partial (lse, entropy, target logit); JAX
+merges the S partials exactly (r1jax/kernels/logprob_layout.py). The splits make
+n_tiles x S programs, enough to fill the GPU's SMs when a device holds few tokens (2,048
+tokens in tiles of 64 are 32 programs for 132 SMs without them). Axis 0 (token tiles) is
+launched fastest, so the programs that run together share one split's W columns in L2.
+The vocabulary and hidden edges use masked loads (no padded copy of the [D, V] head);
+tokens are padded to a multiple of bn (cheap: [N, D]).
+
+Triton rather than Mosaic GPU: Mosaic GPU's warpgroup API targets Hopper and later only
+and has changed between the JAX versions this project supports (0.10 and 0.12), while the
+Triton lowering accepts the same kernel on both and on any CUDA GPU; neither could be
+compiled or timed here (no GPU). The backward is r1jax/kernels/logprob_bwd_gpu.py.
 """
 
 from __future__ import annotations
@@ -20,21 +29,28 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
+from r1jax.kernels import logprob_layout as lay
+
 DEFAULT_BLOCK_TOKENS = 64
 DEFAULT_BLOCK_VOCAB = 128
 BLOCK_HIDDEN = 64
+SM_COUNT = 132  # H100 / H200 SXM streaming multiprocessors (programs to fill: 2 per SM)
 
 
-def _is_pow2(x: int) -> bool:
+def is_pow2(x: int) -> bool:
   return x > 0 and x & (x - 1) == 0
 
 
-def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidden: int,
-            block_tokens: int, block_vocab: int, block_hidden: int, inv_temperature: float):
+def _kernel(y_ref, h_ref, w_ref, lse_ref, ent_ref, tgt_ref, *, vocab: int, hidden: int,
+            block_tokens: int, block_vocab: int, block_hidden: int, inv_temperature: float,
+            tiles_per_split: int):
   bn, bv, bd = block_tokens, block_vocab, block_hidden
   y = y_ref[...]  # [bn]
   n_d = pl.cdiv(hidden, bd)
   d_edge = hidden % bd != 0  # static: only then are hidden-dimension masks needed
+  split = pl.program_id(1)
+  first = split * tiles_per_split
+  last = jnp.minimum(first + tiles_per_split, pl.cdiv(vocab, bv))
 
   def logits_tile(j):
     cols = j * bv + jnp.arange(bv)
@@ -60,7 +76,8 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
     m, s, u, t = carry
     logits, cols, vmask = logits_tile(j)
     logits = jnp.where(vmask[None, :], logits, -jnp.inf)
-    t = t + jnp.sum(jnp.where(cols[None, :] == y[:, None], logits, 0.0), axis=1)
+    hit = (cols[None, :] == y[:, None]) & vmask[None, :]
+    t = t + jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
     m_new = jnp.maximum(m, jnp.max(logits, axis=1))
     alpha = jnp.exp(m - m_new)
     e = jnp.exp(logits - m_new[:, None])
@@ -72,26 +89,37 @@ def _kernel(y_ref, h_ref, w_ref, logp_ref, ent_ref, lse_ref, *, vocab: int, hidd
     return m_new, s, u, t
 
   zeros = jnp.zeros((bn,), jnp.float32)
-  m, s, u, t = jax.lax.fori_loop(0, pl.cdiv(vocab, bv), v_step,
-                                 (zeros - jnp.inf, zeros, zeros, zeros))
-  lse = m + jnp.log(s)
-  lse_ref[...] = lse
-  logp_ref[...] = t - lse
-  ent_ref[...] = jnp.log(s) - u / s
+  m, s, u, t = jax.lax.fori_loop(first, last, v_step, (zeros - jnp.inf, zeros, zeros, zeros))
+  # A split past the vocabulary (s = 0) gives lse = -inf: merged as no mass.
+  lse_ref[...] = (m + jnp.log(s))[None, :]
+  tgt_ref[...] = t[None, :]
+  ent_ref[...] = jnp.where(s > 0, jnp.log(s) - u / s, 0.0)[None, :]
+
+
+def vocab_splits(n_tiles: int, v_tiles: int, programs: int = 2 * SM_COUNT) -> int:
+  """Vocabulary splits S so that n_tiles x S programs fill the GPU (>= `programs`)."""
+  return max(1, min(v_tiles, -(-programs // n_tiles)))
 
 
 @functools.partial(jax.jit, static_argnames=("temperature", "block_tokens", "block_vocab",
-                                             "interpret", "num_warps", "num_stages"))
+                                             "splits", "interpret", "num_warps",
+                                             "num_stages"))
 def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
             temperature: float = 1.0, block_tokens: int = 0, block_vocab: int = 0,
-            interpret: bool = False, num_warps: int = 4, num_stages: int = 3):
-  """(logp, entropy, lse), each [N] float32, of softmax(hidden @ lm_head / temperature).
+            splits: int = 0, interpret: bool = False, num_warps: int = 4,
+            num_stages: int = 3):
+  """Partial statistics (lse, entropy, target logit), each [N] float32, of
+  softmax(hidden @ lm_head / temperature) over this head slice (r1jax/kernels/
+  logprob_layout.py); log p = tgt - lse when the slice is the whole vocabulary.
 
   Args:
-    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32.
+    hidden: [N, D]; lm_head: [D, V] of the same dtype; targets: [N] int32 columns of the
+      slice (outside [0, V): target logit 0).
     temperature: > 0.
     block_tokens: bn, a power of two >= 16 (0 = 64). block_vocab: bv, a power of two
       >= 16 (0 = 128). The hidden dimension is read in chunks of 64.
+    splits: vocabulary splits S of the program grid (0 = enough to fill the GPU,
+      `vocab_splits`); their partial statistics are merged in JAX.
     interpret: run in Pallas interpret mode (on CPU, for tests).
     num_warps, num_stages: Triton launch / software-pipelining settings.
 
@@ -104,24 +132,29 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
   bv = block_vocab or DEFAULT_BLOCK_VOCAB
   bd = min(BLOCK_HIDDEN, pl.next_power_of_2(D))
   for name, b in (("block_tokens", bn), ("block_vocab", bv)):
-    if not _is_pow2(b) or b < 16:
+    if not is_pow2(b) or b < 16:
       raise ValueError(f"Triton tiles must be powers of two >= 16, got {name}={b}")
-  n_tiles = pl.cdiv(N, bn)
+  n_tiles, v_tiles = pl.cdiv(N, bn), pl.cdiv(V, bv)
+  S = min(splits or vocab_splits(n_tiles, v_tiles), v_tiles)
+  tps = pl.cdiv(v_tiles, S)
   Np = n_tiles * bn
   if Np != N:
     hidden = jnp.pad(hidden, ((0, Np - N), (0, 0)))
     targets = jnp.pad(targets, (0, Np - N))
   kernel = functools.partial(_kernel, vocab=V, hidden=D, block_tokens=bn, block_vocab=bv,
-                             block_hidden=bd, inv_temperature=1.0 / temperature)
-  stat = jax.ShapeDtypeStruct((Np,), jnp.float32)
-  stat_spec = pl.BlockSpec((bn,), lambda i: (i,))
-  logp, ent, lse = pl.pallas_call(
+                             block_hidden=bd, inv_temperature=1.0 / temperature,
+                             tiles_per_split=tps)
+  stat = jax.ShapeDtypeStruct((S, Np), jnp.float32)
+  stat_spec = pl.BlockSpec((1, bn), lambda i, s: (s, i))
+  lse, ent, tgt = pl.pallas_call(
       kernel,
       out_shape=(stat, stat, stat),
-      grid=(n_tiles,),
-      in_specs=[pl.BlockSpec((bn,), lambda i: (i,)),
-                pl.BlockSpec((bn, D), lambda i: (i, 0)),
-                pl.BlockSpec((D, V), lambda i: (0, 0))],
+      # (token tile, split): Triton launches axis 0 fastest, so the token tiles that share
+      # a vocabulary split (the same W columns) run together and reuse them from L2.
+      grid=(n_tiles, S),
+      in_specs=[pl.BlockSpec((bn,), lambda i, s: (i,)),
+                pl.BlockSpec((bn, D), lambda i, s: (i, 0)),
+                pl.BlockSpec((D, V), lambda i, s: (0, 0))],
       out_specs=(stat_spec, stat_spec, stat_spec),
       compiler_params=plgpu.CompilerParams(num_warps=num_warps, num_stages=num_stages),
       cost_estimate=pl.CostEstimate(flops=2 * Np * D * V, transcendentals=Np * V,
@@ -129,4 +162,8 @@ def forward(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, *,
       interpret=interpret,
       name="fused_logprob_fwd",
   )(targets.astype(jnp.int32), hidden, lm_head)
-  return logp[:N], ent[:N], lse[:N]
+  if S > 1:
+    lse, ent, tgt = lay.merge_partials(lse, ent, tgt, axis=0)
+  else:
+    lse, ent, tgt = lse[0], ent[0], tgt[0]
+  return lse[:N], ent[:N], tgt[:N]
