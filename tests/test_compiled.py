@@ -35,6 +35,7 @@ from r1jax.losses import grpo as grpo_lib
 from r1jax.losses import sft as sft_lib
 from r1jax.models.config import tiny_config
 from r1jax.stages import grpo as grpo_stage
+from r1jax.train import precision
 from r1jax.train import trainer as trainer_lib
 
 # A vocabulary large against the model (as in real LMs, where the head is 10-20% of the
@@ -51,11 +52,6 @@ MESHES = {"dp": {"data": 8, "fsdp": 1, "tensor": 1},
           "fsdp_tp": {"data": 1, "fsdp": 4, "tensor": 2}}
 PROGRAMS = ("grpo_update", "ref_forward", "sft_update")
 FLOPS_SLACK = 1.25
-
-
-@functools.lru_cache(maxsize=None)
-def _params():
-  return jax.device_get(models.init_params(CFG, jax.random.key(0)))
 
 
 def _grpo_batch():
@@ -101,11 +97,14 @@ def _abstract(tree, shardings):
                       tree, shardings)
 
 
-def build(program, preset, n=8, impl="chunked", platform=None):
+def build(program, preset, n=8, impl="chunked", platform=None, dtype="float32"):
   """(jitted function, abstract arguments) of `program` on n devices under `preset`; with
-  `platform`, on an abstract mesh of that accelerator (see accelerator_mesh)."""
+  `platform`, on an abstract mesh of that accelerator (see accelerator_mesh). `dtype` is
+  the compute dtype (train/precision: "bfloat16" = bf16 mixed precision, float32
+  masters); nothing is allocated (Trainer.abstract_init)."""
   concrete = _mesh(preset, n)
   mesh = concrete if platform is None else accelerator_mesh(concrete, platform)
+  cfg = CFG.replace(dtype=dtype)
   rules = shd.rules_for(preset)
   kernel = _kernel(mesh, impl)
   if impl != "chunked":
@@ -115,27 +114,24 @@ def build(program, preset, n=8, impl="chunked", platform=None):
       end_lr_factor=0.0, weight_decay=0.0, b1=0.9, b2=0.99, eps=1e-8,
       max_grad_norm=1.0)))[0]
   if program == "sft_update":
-    loss_fn = sft_lib.make_loss_fn(CFG, kernel=kernel)
+    loss_fn = sft_lib.make_loss_fn(cfg, kernel=kernel)
     batch, denom = _sft_batch(), 1000.0
   else:
-    loss_fn = grpo_stage.make_loss_fn(CFG, grpo_lib.GRPOConfig(beta=0.04), temperature=0.9,
+    loss_fn = grpo_stage.make_loss_fn(cfg, grpo_lib.GRPOConfig(beta=0.04), temperature=0.9,
                                       kernel=kernel, remat=False, num_iterations=1)
     batch, denom = _grpo_batch()
-  make = lambda m: trainer_lib.Trainer(m, models.param_logical_axes(CFG), loss_fn, optimizer,
-                                       1, rules=rules)
-  trainer = make(concrete)
-  state = trainer.init_state(_params())
-  if mesh is not concrete:  # the same layout on the abstract mesh
-    trainer, shardings = make(mesh), trainer.state_shardings
-    trainer.state_shardings = jax.tree.map(
-        lambda s: jax.sharding.NamedSharding(mesh, s.spec), shardings)
+  # As the stages do: the update computes on a compute-dtype copy of the masters.
+  loss_fn = precision.compute_params(loss_fn, dtype)
+  trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer, 1,
+                                rules=rules)
+  state = trainer.abstract_init(models.param_shapes(cfg))
   batch_sh = {k: shd.batch_sharding(mesh, np.ndim(v), rules) for k, v in batch.items()}
   if program == "ref_forward":
-    fn = grpo_stage.make_logprob_fn(CFG, mesh, 1, temperature=0.9, kernel=kernel, rules=rules)
-    return fn, (_abstract(state.params, trainer.state_shardings.params),
-                _abstract(batch, batch_sh))
+    fn = grpo_stage.make_logprob_fn(cfg, mesh, 1, temperature=0.9, kernel=kernel, rules=rules)
+    # The stage keeps the reference in the compute dtype.
+    return fn, (precision.cast_floating(state.params, dtype), _abstract(batch, batch_sh))
   fn = trainer.jit_update(batch)  # the update exactly as Trainer.update jits it
-  args = (_abstract(state, trainer.state_shardings), _abstract(batch, batch_sh),
+  args = (state, _abstract(batch, batch_sh),
           jax.ShapeDtypeStruct((), jnp.float32, sharding=shd.replicated(mesh)), None)
   return fn, args
 
@@ -209,20 +205,16 @@ def test_all_gather_parser_and_cost_helpers():
 
 
 # ---------------------------------------------------------------------- export
-TARGETS = {"tpu": ("TPU v5p", "tpu", "tpu_custom_call", "pallas_tpu"),
-           "cuda": ("NVIDIA H100", "gpu", "__gpu$xla.gpu.triton", "pallas_gpu")}
+# platform -> (the custom call of its Pallas kernel, the log-prob impl that selects it)
+TARGETS = {"tpu": ("tpu_custom_call", "pallas_tpu"),
+           "cuda": ("__gpu$xla.gpu.triton", "pallas_gpu")}
 
 
 def accelerator_mesh(mesh, platform):
-  """An abstract mesh of `mesh`'s shape on 8 accelerators of `platform`'s kind. Lowering
-  under it (jax.sharding.use_abstract_mesh) is how JAX >= 0.11 lets Pallas' Triton
-  lowering know its GPU (compute capability) on a machine that has none; Mosaic reads the
-  TPU generation from it likewise."""
-  kind, plat = TARGETS[platform][:2]
-  device = jax.sharding.AbstractDevice(device_kind=kind, num_cores=None, platform=plat)
-  return jax.sharding.AbstractMesh(tuple(mesh.shape.values()), tuple(mesh.axis_names),
-                                   (jax.sharding.AxisType.Auto,) * len(mesh.axis_names),
-                                   abstract_device=device)
+  """An abstract mesh of `mesh`'s shape on accelerators of `platform`'s default kind
+  (r1jax.compiled.accelerator_mesh: TPU v5p, NVIDIA H100)."""
+  from r1jax import compiled as compiled_lib
+  return compiled_lib.accelerator_mesh(mesh, platform)
 
 
 @pytest.mark.parametrize("platform", list(TARGETS))
@@ -230,7 +222,7 @@ def test_full_update_exports_for_accelerators(platform):
   """jax.export of the whole jitted GRPO update (fsdp_tp on 8 devices) for TPU and CUDA
   with the Pallas log-prob selected: the Mosaic / Triton kernel is in the exported module
   (compiling it needs the accelerator)."""
-  call, impl = TARGETS[platform][2:]
+  call, impl = TARGETS[platform]
   fn, args = build("grpo_update", "fsdp_tp", 8, impl=impl, platform=platform)
   amesh = args[0].params["embedding"].sharding.mesh
   with jax.sharding.use_abstract_mesh(amesh):

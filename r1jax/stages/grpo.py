@@ -32,6 +32,7 @@ from r1jax.rewards import RewardComputer, format_ok, registry
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
 from r1jax.train import loop
+from r1jax.train import precision
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
 
@@ -168,6 +169,7 @@ def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: floa
 
   Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
   def ref(params, batch):
+    params = precision.cast_floating(params, cfg.dtype)  # no-op for a compute-dtype copy
     micro = {k: trainer_lib.split_micro(batch[k], num_micro)
              for k in ("prompt_tokens", "prompt_lengths", "completion")}
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
@@ -261,10 +263,14 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                       mesh, rules))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
+  # The update computes in cfg.dtype on a copy of the param_dtype masters (train/precision).
+  loss_fn = precision.compute_params(loss_fn, cfg.dtype)
+  logging.info("%s", precision.describe(cfg.dtype, cfg.param_dtype))
   trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), loss_fn, optimizer,
                                 s.num_micro, rules=rules)
-  # The reference gets its own buffers: the policy's are donated to each update.
-  ref_params = (jax.tree.map(lambda x: x.copy(), trainer.shard_params(loaded.params))
+  # The reference gets its own buffers (the policy's are donated to each update), in the
+  # compute dtype: it never trains.
+  ref_params = (precision.cast_copy(trainer.shard_params(loaded.params), cfg.dtype)
                 if gcfg.beta > 0 else None)
   state = trainer.init_state(loaded.params)
   del loaded
@@ -276,7 +282,10 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   # the trainer keeps them FSDP-sharded): an explicit reshard before each rollout.
   sampler_shardings = (shd.tree_shardings(trainer.param_axes, state.params, mesh, sampler_rules)
                        if sampler_rules != rules else None)
-  sampler_params = lambda p: p if sampler_shardings is None else shd.reshard(p, sampler_shardings)
+  # Rollouts decode from a compute-dtype copy (the identity when the masters are in it).
+  sampler_params = lambda p: (precision.cast_floating(p, cfg.dtype) if sampler_shardings is None
+                              else shd.reshard(precision.cast_floating(p, cfg.dtype),
+                                               sampler_shardings))
   sp = sampling.SamplingParams(
       temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
       max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
