@@ -18,10 +18,10 @@ cost analysis, and the matmul FLOPs with loops counted); and the collectives (co
 bytes per step).
 
 With plan.hbm_gib > 0 it also searches micro-batch size (rl.micro_batch_prompts), remat and
-the log-prob chunk (kernels.logprob_chunk_size) for the fastest setting whose step peak
-fits in that many GiB per device: the largest micro-batch first, remat only when needed,
-then smaller chunks; and prints the chosen `--config.` overrides (ValueError when none
-fits).
+the log-prob chunk (kernels.logprob_chunk_size) for the first setting, in an order meant
+as fastest first, whose step peak fits in that many GiB per device: the largest
+micro-batch first, remat only when needed, then smaller chunks; and prints the chosen
+`--config.` overrides (ValueError when none fits).
 
 Peaks are those of XLA's buffer assignment; what a backend's allocator adds (fragmentation,
 its own reserve) is not counted. The sampler's KV-cache layout is left to XLA here (the
@@ -160,7 +160,7 @@ def build_programs(config, cfg: models.ModelConfig, mesh, knobs: Knobs) -> dict[
   return out
 
 
-def analyse(config, cfg, mesh, knobs: Knobs) -> dict[str, Any]:
+def analyse(config, cfg, mesh, knobs: Knobs, cache: Optional[dict] = None) -> dict[str, Any]:
   """Compile the step's programs and read XLA's figures (per device; see module docstring).
 
   Returns {"knobs", "resident": {...}, "programs": {name: compiled.summary + "step_bytes"},
@@ -171,7 +171,13 @@ def analyse(config, cfg, mesh, knobs: Knobs) -> dict[str, Any]:
     rollout:     policy state + reference (+ its own params when they are a copy);
     ref_forward: policy state (its params argument is the reference);
     update:      reference (its state argument is the policy, donated).
+  `cache` (a dict kept across calls with the same config and mesh) reuses the summaries of
+  programs whose knobs did not change: the rollout depends on none, the reference forward
+  on the micro-batch and chunk, the update on all three.
   """
+  cache = {} if cache is None else cache
+  depends = {"rollout": (), "ref_forward": (knobs.micro_batch_prompts, knobs.logprob_chunk_size),
+             "update": dataclasses.astuple(knobs)}
   progs = build_programs(config, cfg, mesh, knobs)
   res = progs.pop("resident")
   state = res["params"] + res["opt_state"]
@@ -182,11 +188,14 @@ def analyse(config, cfg, mesh, knobs: Knobs) -> dict[str, Any]:
   for name in PROGRAMS:
     if name not in progs:
       continue
-    fn, args = progs[name]
-    compiled = fn.lower(*args).compile()
-    # Decode loops stop early, so XLA knows no trip count: count the whole budget.
-    summ = compiled_lib.summary(compiled,
-                                unknown_trip_count=n_decode if name == "rollout" else 1)
+    key = (name, depends[name])
+    if key not in cache:
+      fn, args = progs[name]
+      compiled = fn.lower(*args).compile()
+      # Decode loops stop early, so XLA knows no trip count: count the whole budget.
+      cache[key] = compiled_lib.summary(
+          compiled, unknown_trip_count=n_decode if name == "rollout" else 1)
+    summ = dict(cache[key])
     summ["step_bytes"] = summ["peak_bytes"] + outside[name]
     report[name] = summ
   mu = int(config.rl.num_iterations)
@@ -201,7 +210,8 @@ def analyse(config, cfg, mesh, knobs: Knobs) -> dict[str, Any]:
 def candidates(config, mesh, rules) -> list[Knobs]:
   """Settings in the order the search tries them (fastest first): micro-batches from the
   largest that the mesh's batch shards divide down, no remat before remat, the configured
-  log-prob chunk before halvings of it (down to 64 tokens)."""
+  log-prob chunk before halvings of it (down to 64 tokens; only chunks smaller than a
+  device's completion tokens per micro-batch, as larger ones change nothing)."""
   B = int(config.rl.prompts_per_step)
   div = shd.batch_divisor(mesh, rules)
   micro = [m for m in range(B, 0, -1) if B % m == 0 and m % div == 0]
@@ -209,18 +219,22 @@ def candidates(config, mesh, rules) -> list[Knobs]:
     raise ValueError(f"rl.prompts_per_step={B} has no micro-batch that the mesh's {div} "
                      f"batch shards divide")
   chunk = int(config.kernels.logprob_chunk_size)
-  chunks = [chunk] + [c for c in (chunk // 2, chunk // 4) if c >= 64]
-  return [Knobs(m, r, c) for m, r, c in itertools.product(micro, (False, True), chunks)]
+  G, N = int(config.rl.num_generations), int(config.rl.max_new_tokens)
+  out = []
+  for m, remat in itertools.product(micro, (False, True)):
+    tokens = m // div * G * N
+    out += [Knobs(m, remat, c) for c in (chunk, chunk // 2, chunk // 4)
+            if c == chunk or 64 <= c < tokens]
+  return out
 
 
 def search(config, cfg, mesh, hbm_bytes: float) -> tuple[Optional[dict], list[dict]]:
   """First candidate (see `candidates`) whose step peak fits `hbm_bytes`: (its analysis or
-  None, every analysis tried). Skips the rest of a micro-batch size's chunks once one
-  chunk does not change the peak (the head is not the peak)."""
+  None, every analysis tried, in order)."""
   rules = settings_lib.ParallelSettings.from_config(config).train_rules
-  tried = []
+  tried, cache = [], {}
   for k in candidates(config, mesh, rules):
-    a = analyse(config, cfg, mesh, k)
+    a = analyse(config, cfg, mesh, k, cache)
     tried.append(a)
     logging.info("plan: %s -> step peak %.3f GiB", k, a["step_peak_bytes"] / GIB)
     if a["step_peak_bytes"] <= hbm_bytes:
@@ -281,15 +295,12 @@ def run(config) -> dict[str, Any]:
   print(format_report(a, hbm))
   result = {"configured": a}
   if hbm:
-    if a["step_peak_bytes"] <= hbm * GIB:
-      chosen = a
-    else:
-      chosen, _ = search(config, cfg, mesh, hbm * GIB)
-      if chosen is None:
-        raise ValueError(f"plan.hbm_gib={hbm}: no micro-batch size, remat or log-prob chunk "
-                         f"fits the step; use more devices (mesh.fsdp), bf16 "
-                         f"(--config.dtype=bfloat16) or smaller rl.max_new_tokens")
-      print(format_report(chosen, hbm))
+    chosen, _ = search(config, cfg, mesh, hbm * GIB)
+    if chosen is None:
+      raise ValueError(f"plan.hbm_gib={hbm}: no micro-batch size, remat or log-prob chunk "
+                       f"fits the step; use more devices (mesh.fsdp), bf16 "
+                       f"(--config.dtype=bfloat16) or smaller rl.max_new_tokens")
+    print(format_report(chosen, hbm))
     result["chosen"] = chosen
     print(f"plan: fits {hbm} GiB per device with: {Knobs(**chosen['knobs']).overrides()}")
   print(json.dumps({"mesh": dict(mesh.shape), "model_params": cfg.num_params(),
