@@ -81,3 +81,25 @@ def test_plan_search_picks_first_setting_that_fits():
   assert chosen["knobs"] != first["knobs"]
   with pytest.raises(ValueError, match="plan.hbm_gib"):
     plan.run(_config(**{"plan.hbm_gib": 1e-6}))
+
+
+def test_config_keys_for_mesh_dcn_and_on_indivisible_reach_the_mesh_and_rules():
+  """mesh.dcn and sharding.on_indivisible of every stage config flow through the settings:
+  dcn all 1 = one slice (jax.make_mesh's mesh), dcn asking for slices this single process
+  does not have fails naming them, and the indivisibility policy lands in the rules."""
+  from r1jax import sharding as shd
+  from r1jax.train import settings as settings_lib
+  c = _config()
+  assert c.mesh.dcn.to_dict() == {"data": 1, "fsdp": 1, "tensor": 1}
+  assert c.sharding.on_indivisible == "error" and c.plan.hbm_gib == 0
+  par = settings_lib.ParallelSettings.from_config(c)
+  mesh = par.mesh()
+  want = shd.make_mesh({"data": 8, "fsdp": 1, "tensor": 1})
+  assert [d.id for d in mesh.devices.flat] == [d.id for d in want.devices.flat]
+  assert par.train_rules[shd.ON_INDIVISIBLE] == ("error",)
+  c = _config(**{"mesh.dcn.data": 2, "sharding.on_indivisible": "replicate"})
+  par = settings_lib.ParallelSettings.from_config(c)
+  assert par.train_rules[shd.ON_INDIVISIBLE] == ("replicate",)
+  assert par.sampling_rules[shd.ON_INDIVISIBLE] == ("replicate",)
+  with pytest.raises(ValueError, match="slices"):
+    par.mesh()
