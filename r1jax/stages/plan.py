@@ -230,13 +230,21 @@ def candidates(config, mesh, rules) -> list[Knobs]:
 
 def search(config, cfg, mesh, hbm_bytes: float) -> tuple[Optional[dict], list[dict]]:
   """First candidate (see `candidates`) whose step peak fits `hbm_bytes`: (its analysis or
-  None, every analysis tried, in order)."""
+  None, every analysis tried, in order). Within one micro-batch size and remat, smaller
+  chunks are skipped once halving the chunk did not lower the peak."""
   rules = settings_lib.ParallelSettings.from_config(config).train_rules
-  tried, cache = [], {}
+  tried, cache, stale = [], {}, set()
   for k in candidates(config, mesh, rules):
+    group = (k.micro_batch_prompts, k.remat)
+    if group in stale:
+      continue
     a = analyse(config, cfg, mesh, k, cache)
-    tried.append(a)
     logging.info("plan: %s -> step peak %.3f GiB", k, a["step_peak_bytes"] / GIB)
+    if tried and tried[-1]["knobs"]["micro_batch_prompts"] == k.micro_batch_prompts \
+        and tried[-1]["knobs"]["remat"] == k.remat \
+        and a["step_peak_bytes"] >= tried[-1]["step_peak_bytes"]:
+      stale.add(group)  # a smaller chunk did not lower the peak: the head is not the peak
+    tried.append(a)
     if a["step_peak_bytes"] <= hbm_bytes:
       return a, tried
   return None, tried
