@@ -50,7 +50,13 @@ def add_model(c: ConfigDict, model: str = DEFAULT_MODEL, *,
   c.model = model
   # Tokenizer source ("" = the model's; tiny-random uses the default model's tokenizer).
   c.tokenizer = ""
-  # Compute / param dtypes: float32 | bfloat16 | float16.
+  # Precision (r1jax/train/precision.py): dtype = compute dtype (activations, matmul
+  # inputs, sampler and reference weights); param_dtype = master weights and optimizer
+  # state; log-probs, losses and gradient accumulation are float32 whatever the two.
+  #   float32 / float32   the default (CPU, tests);
+  #   bfloat16 / float32  bf16 mixed precision, the TPU / GPU setting (--config.dtype=bfloat16);
+  #   bfloat16 / bfloat16 bf16 everywhere (updates below bf16's precision are lost).
+  # Names: float32 | bfloat16 | float16.
   c.dtype = "float32"
   c.param_dtype = "float32"
   if remat is not None:
@@ -64,13 +70,22 @@ def add_parallel(c: ConfigDict, *, sampler: bool = False) -> ConfigDict:
   """mesh, sharding (with the sampler's layout when `sampler`), distributed."""
   # Device mesh sizes; one -1 takes the remaining devices (all processes' devices together).
   c.mesh = ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Multi-slice TPU / multi-node GPU: how many slices (nodes) each axis spans, i.e. the part
+  # of it that crosses the data-centre network (DCN) rather than the chips' interconnect
+  # (ICI); each must divide its axis. All 1 = one slice. E.g. 2 slices of 16 chips:
+  # --config.mesh.fsdp=16 --config.mesh.dcn.data=2 (data parallelism across slices, FSDP
+  # inside one; sharding.make_mesh, mesh_utils.create_hybrid_device_mesh).
+  c.mesh.dcn = ConfigDict(dict(data=1, fsdp=1, tensor=1))
   # Logical axis -> mesh axis rules (r1jax/sharding.py, docs/scaling.md). preset:
   #   dp      params / optimizer state / KV cache replicated, batch over data x fsdp;
   #   fsdp    params and optimizer state split on the embed dim over fsdp (ZeRO-3);
   #   fsdp_tp fsdp + heads / MLP / vocab / KV-cache heads over tensor (default; with
   #           fsdp = tensor = 1 in the mesh it is plain data parallelism).
   # rules: overrides "logical=mesh_axis[+mesh_axis];..." e.g. "mlp=;embed=fsdp+tensor".
-  c.sharding = ConfigDict(dict(preset="fsdp_tp", rules=""))
+  # on_indivisible: a rule whose mesh axis does not divide the dimension is an "error"
+  # naming the array and rule, or "replicate"s that dimension with a logged warning (e.g.
+  # SmolLM2's 9 query / 3 KV heads on a tensor axis of 2).
+  c.sharding = ConfigDict(dict(preset="fsdp_tp", rules="", on_indivisible="error"))
   if sampler:
     # The rollout's layout of the same params ("" = as the trainer); the loop reshards
     # explicitly before each rollout when they differ.
@@ -83,6 +98,11 @@ def add_parallel(c: ConfigDict, *, sampler: bool = False) -> ConfigDict:
   c.distributed = ConfigDict(dict(coordinator_address="", num_processes=0, process_id=-1,
                                   auto=False, cpu_collectives="gloo",
                                   initialization_timeout_s=300))
+  # Pre-flight plan (stage "plan", r1jax/stages/plan.py): compile the stage's programs for
+  # this mesh without running them and print per-device memory, FLOPs and collectives.
+  # hbm_gib > 0: also choose micro-batch size, remat and log-prob chunk so that the step
+  # fits in that many GiB per device (0 = report only). GRPO configs only.
+  c.plan = ConfigDict(dict(hbm_gib=0.0))
   return c
 
 

@@ -44,7 +44,7 @@ from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
 from r1jax.train import adapters as adapters_lib
 from r1jax.train import loop
-from r1jax.train import adapters as adapters_lib
+from r1jax.train import precision
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
 
@@ -245,6 +245,7 @@ def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: floa
 
   Used for the reference policy (beta > 0) and for pi_old when mu > 1."""
   def ref(params, batch):
+    params = precision.cast_floating(params, cfg.dtype)  # no-op for a compute-dtype copy
     micro = {k: trainer_lib.split_micro(batch[k], num_micro)
              for k in ("prompt_tokens", "prompt_lengths", "completion")}
     lp = jax.lax.map(lambda mb: completion_logprobs(params, cfg, mb, temperature=temperature,
@@ -345,9 +346,15 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                       mesh, rules))
   loss_fn = make_loss_fn(cfg, gcfg, temperature=rl.temperature, kernel=kernel,
                          remat=config.remat, num_iterations=rl.num_iterations)
+  # The update computes in cfg.dtype on a copy of the param_dtype masters (train/precision).
+  loss_fn = precision.compute_params(loss_fn, cfg.dtype)
+  logging.info("%s", precision.describe(cfg.dtype, cfg.param_dtype))
   trainer = policy.trainer(mesh, loss_fn, optimizer, s.num_micro, rules)
-  # Full fine-tuning: the reference is a copy of the starting params; LoRA: the frozen base.
+  # Full fine-tuning: the reference is a copy of the starting params, kept in the compute
+  # dtype (it never trains); LoRA: the frozen base.
   state, ref_params = policy.init(trainer, loaded.params, config.seed, reference=gcfg.beta > 0)
+  if ref_params is not None and not policy.is_lora:
+    ref_params = precision.cast_floating(ref_params, cfg.dtype)
   del loaded
   logprob_fn = make_logprob_fn(cfg, mesh, s.num_micro, temperature=rl.temperature,
                                kernel=kernel, rules=rules)
@@ -359,8 +366,10 @@ def run(config, *, rewards=None) -> dict[str, Any]:
   # reshard (a copy when the update would donate them) before each rollout.
   eval_sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32,
                                   mesh=rollout_mesh, rules=sampler_rules)
+  # Rollouts decode from a compute-dtype copy (none when the masters are in it).
+  compute_dtype = cfg.dtype if cfg.dtype != cfg.param_dtype else ""
   eval_params = grpo_async.RolloutParams(policy.logical_axes(), policy.params(state.params),
-                                         rollout_mesh, sampler_rules)
+                                         rollout_mesh, sampler_rules, compute_dtype)
   if s.rollout_dtype and s.rollout_dtype != cfg.dtype:
     rollout_cfg = dataclasses.replace(cfg, dtype=s.rollout_dtype, param_dtype=s.rollout_dtype)
     sampler = sampling.Sampler(rollout_cfg, pad_id=tok.pad_id, min_prompt_bucket=32,

@@ -29,6 +29,7 @@ from r1jax.data.sft_data import SFTData
 from r1jax.kernels import logprob as kernel_lib
 from r1jax.losses import sft as sft_lib
 from r1jax.train import loop
+from r1jax.train import precision
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
 
@@ -60,10 +61,12 @@ def validate_config(config) -> Settings:
     if not d.temperature > 0:
       raise ValueError(f"distill.temperature must be > 0, got {d.temperature}")
     settings_lib.check_positive(config, "distill.chunk_size")
-    teacher = settings_lib.ModelSettings(source=d.teacher, dtype=config.dtype,
-                                         param_dtype=config.param_dtype)
-  return Settings(settings_lib.ModelSettings.from_config(config),
-                  settings_lib.ParallelSettings.from_config(config), teacher)
+  model = settings_lib.ModelSettings.from_config(config)
+  if d is not None and d.teacher:
+    # The frozen teacher is kept in the compute dtype: it never trains (train/precision).
+    teacher = settings_lib.ModelSettings(source=d.teacher, dtype=model.dtype,
+                                         param_dtype=model.dtype)
+  return Settings(model, settings_lib.ParallelSettings.from_config(config), teacher)
 
 
 def make_eval_fn(loss_fn):
@@ -121,7 +124,10 @@ def run(config) -> dict[str, Any]:
       # d W of the fused log-prob is reduce-scattered straight into the head's own layout.
       weight_spec=shd.logical_to_spec(("embed", "vocab"), (cfg.hidden_size, cfg.vocab_size),
                                       mesh, rules))
-  loss_fn = sft_lib.make_loss_fn(cfg, kernel=kernel, remat=config.remat)
+  # The update computes in cfg.dtype on a copy of the param_dtype masters (train/precision).
+  loss_fn = precision.compute_params(sft_lib.make_loss_fn(cfg, kernel=kernel, remat=config.remat),
+                                     cfg.dtype)
+  logging.info("%s", precision.describe(cfg.dtype, cfg.param_dtype))
   frozen = None
   if s.teacher is not None:
     # Logit distillation: the teacher is a frozen input of the update; the eval loss stays
@@ -132,9 +138,10 @@ def run(config) -> dict[str, Any]:
     distill_lib.check_vocab(cfg, teacher.config)
     logging.info("logit distillation from %s (%.1fM params): alpha=%s, T=%s", d.teacher,
                  teacher.config.num_params() / 1e6, d.alpha, d.temperature)
-    train_loss = distill_lib.make_loss_fn(cfg, teacher.config, alpha=d.alpha,
-                                          temperature=d.temperature, chunk_size=d.chunk_size,
-                                          kernel=kernel, remat=config.remat)
+    train_loss = precision.compute_params(
+        distill_lib.make_loss_fn(cfg, teacher.config, alpha=d.alpha, temperature=d.temperature,
+                                 chunk_size=d.chunk_size, kernel=kernel, remat=config.remat),
+        cfg.dtype)
     trainer = trainer_lib.Trainer(mesh, models.param_logical_axes(cfg), train_loss, optimizer,
                                   num_micro, rules=rules,
                                   frozen_axes=models.param_logical_axes(teacher.config))

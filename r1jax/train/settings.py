@@ -79,9 +79,11 @@ class ParallelSettings:
     """
     mesh = config.get("mesh")
     shape = mesh.to_dict() if isinstance(mesh, ConfigDict) else dict(mesh or {"data": -1})
-    unknown = set(shape) - set(shd.MESH_AXES)
+    unknown = set(shape) - set(shd.MESH_AXES) - {"dcn"}
     if unknown:
       raise ValueError(f"mesh has unknown axes {sorted(unknown)}; axes are {shd.MESH_AXES}")
+    # mesh.dcn ({axis: slices}, sharding.make_mesh) is kept as a tuple: settings are frozen.
+    shape = {k: tuple(dict(v).items()) if k == "dcn" else v for k, v in shape.items()}
     return cls(tuple(shape.items()), tuple(shd.config_rules(config).items()),
                tuple(shd.config_rules(config, "sampler").items()))
 
@@ -91,7 +93,7 @@ class ParallelSettings:
     Raises:
       ValueError: the mesh does not fit the devices.
     """
-    return shd.make_mesh(dict(self.mesh_shape))
+    return shd.make_mesh({k: dict(v) if k == "dcn" else v for k, v in self.mesh_shape})
 
   @property
   def train_rules(self) -> dict:

@@ -134,11 +134,13 @@ class Trainer:
       raise ValueError("this Trainer's loss takes no frozen params (frozen_axes=None)")
     return self.shard_params(frozen, self.frozen_axes)
 
-  def init_state(self, params) -> TrainState:
-    """Sharded TrainState from (already sharded or host) params."""
-    params = self.shard_params(params)
-    p_sh = self.param_shardings(params)
-    opt_shapes = jax.eval_shape(self.optimizer.init, params)
+  def abstract_init(self, param_shapes) -> TrainState:
+    """The TrainState `init_state` builds for params of these shapes and dtypes (arrays
+    or ShapeDtypeStructs), as ShapeDtypeStructs with their shardings: nothing is
+    allocated (pre-flight plans, compiled-program checks; works on an abstract mesh).
+    Sets `state_shardings` as init_state does."""
+    p_sh = self.param_shardings(param_shapes)
+    opt_shapes = jax.eval_shape(self.optimizer.init, param_shapes)
     # Optimizer moments mirror the params; scalars (counts) are replicated.
     opt_sh = optax.tree_map_params(self.optimizer, lambda _, s: s, opt_shapes, p_sh,
                                    transform_non_params=lambda _: shd.replicated(self.mesh))
@@ -146,7 +148,16 @@ class Trainer:
                           else shd.replicated(self.mesh), opt_sh,
                           is_leaf=lambda s: isinstance(s, jax.sharding.Sharding))
     self.state_shardings = TrainState(p_sh, opt_sh, shd.replicated(self.mesh))
-    opt_state = jax.jit(self.optimizer.init, out_shardings=opt_sh)(params)
+    shapes = TrainState(param_shapes, opt_shapes, jax.ShapeDtypeStruct((), jnp.int32))
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, self.state_shardings)
+
+  def init_state(self, params) -> TrainState:
+    """Sharded TrainState from (already sharded or host) params."""
+    params = self.shard_params(params)
+    self.abstract_init(params)
+    opt_state = jax.jit(self.optimizer.init,
+                        out_shardings=self.state_shardings.opt_state)(params)
     step = jax.device_put(jnp.zeros((), jnp.int32), shd.replicated(self.mesh))
     return TrainState(params, opt_state, step)
 
