@@ -78,7 +78,8 @@ def _batch(B: int, G: int, P: int, N: int, rl) -> dict[str, np.ndarray]:
   z = lambda *s: np.zeros(s, np.float32)
   batch = {"prompt_tokens": np.zeros((B, P), np.int32), "prompt_lengths": np.ones((B,), np.int32),
            "completion": np.zeros((B, G, N), np.int32), "advantages": z(B, G),
-           "weights": z(B, G, N), "metric_weights": z(B, G, N)}
+           "weights": z(B, G, N), "metric_weights": z(B, G, N),
+           "sampler_logp": z(B, G, N)}
   if rl.beta > 0:
     batch["ref_logp"] = z(B, G, N)
   if rl.num_iterations > 1:
