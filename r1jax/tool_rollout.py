@@ -172,6 +172,11 @@ class ToolSampler:
     self._reserved = settings.format.reserved + tuple(s for s in specials if s)
     self.last_stats: dict[str, float] = {}
 
+  def close(self) -> None:
+    """Release the executor (if it has a `close`)."""
+    if hasattr(self.executor, "close"):
+      self.executor.close()
+
   def pad_prompts(self, prompts, *, process_local: bool = False):
     """As sampling.Sampler.pad_prompts."""
     return self._padder.pad_prompts(prompts, process_local=process_local)

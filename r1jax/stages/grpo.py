@@ -31,6 +31,7 @@ from r1jax.models.config import ModelConfig
 from r1jax.rewards import RewardComputer, format_ok, registry
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
+from r1jax import tool_rollout_stage as tools_lib
 from r1jax.train import loop
 from r1jax.train import settings as settings_lib
 from r1jax.train import trainer as trainer_lib
@@ -115,6 +116,7 @@ def validate_config(config) -> Settings:
   names = {name for name, _ in spec}
   kwargs = {k: v for k, v in reward_kwargs(config.rewards).items() if k in names}
   loop.parse_resume(config.resume)
+  tools_lib.validate(config)  # tool rollouts (issue 17): no-op without tools.enabled
   nproc = jax.process_count()
   if nproc > 1:
     if rl.prompts_per_step % nproc:
@@ -185,7 +187,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
   metrics, samples = {}, []
   for mode, temperature in (("greedy", 0.0), ("sampled", config.eval.temperature)):
     sp = dataclasses.replace(train_sp, temperature=temperature, top_p=1.0, top_k=0)
-    acc, fmt, lens = [], [], []
+    acc, fmt, lens, calls = [], [], [], []
     for i in range(0, len(examples), config.eval.batch_size):
       chunk = examples[i:i + config.eval.batch_size]
       out = sampler(params, [ex["prompt_ids"] for ex in chunk], jax.random.fold_in(key, i),
@@ -194,6 +196,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
       acc.extend(rewards.heldout_accuracy(texts, chunk).tolist())
       fmt.extend(format_ok(t) for t in texts)
       lens.extend(out.lengths[:, 0].tolist())
+      calls.extend(np.asarray(getattr(out, "num_calls", np.zeros_like(out.lengths)))[:, 0])
       if mode == "greedy" and i == 0:
         samples = [{"split": "eval", "question": ex["question"], "answer": ex["answer"],
                     "completion": t, "accuracy": float(a)}
@@ -201,6 +204,8 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
     metrics[f"accuracy_{mode}"] = float(np.mean(acc))
     metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
     metrics[f"response_len_{mode}"] = float(np.mean(lens))
+    if hasattr(sampler, "settings"):  # tool rollouts
+      metrics.update(tools_lib.eval_metrics(calls, acc, mode))
   metrics["num_examples"] = len(examples)
   return metrics, samples
 
@@ -272,6 +277,8 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                kernel=kernel, rules=rules)
   sampler = sampling.Sampler(cfg, pad_id=tok.pad_id, min_prompt_bucket=32, mesh=mesh,
                              rules=sampler_rules)
+  if tools_lib.enabled(config):  # tool-calling rollouts (r1jax.tool_rollout)
+    sampler = tools_lib.make_sampler(config, cfg, tok, pad_id=tok.pad_id, min_prompt_bucket=32)
   # The sampler may lay the same params out differently (e.g. replicated for decoding while
   # the trainer keeps them FSDP-sharded): an explicit reshard before each rollout.
   sampler_shardings = (shd.tree_shardings(trainer.param_axes, state.params, mesh, sampler_rules)
@@ -325,6 +332,9 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                     "seconds/reference": t_update - t_ref, "seconds/update": t_end - t_update,
                     "step_s": t_end - t0,
                     "rollout_tokens_per_s": float(gro.out.lengths.sum()) / ro.seconds_rollout})
+    if tools_lib.enabled(config):
+      metrics.update(tools_lib.step_metrics(sampler, ro.out,
+                                            ro.rewards.per_function.get("accuracy")))
     if hasattr(rewards, "stats"):  # pool counters and the code sandbox's level
       metrics.update({f"rewards/{k}": v for k, v in rewards.stats().items()})
     return state, metrics, ro
@@ -345,4 +355,6 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                          config=config)
   finally:
     rewards.close()
+    if hasattr(sampler, "close"):
+      sampler.close()
   return result
