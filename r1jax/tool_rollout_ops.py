@@ -133,7 +133,8 @@ def resume(params, cache, prompt_lengths, row_keys, rows, chunk, counts, n, *,
   return cache, nxt, lp
 
 
-grow = jax.jit(decoder.grow_cache, static_argnums=1, donate_argnums=0)
+# No donation: the grown cache has a new shape, the old buffers could not be reused.
+grow = jax.jit(decoder.grow_cache, static_argnums=1)
 
 
 def bucket_rows(r: int, total: int) -> int:

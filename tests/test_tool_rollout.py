@@ -239,6 +239,7 @@ def test_sampler_logprobs_equal_the_training_forward(params):
     assert text.count("<<") == out.num_calls[b, g] and "len=" in text
 
 
+@pytest.mark.slow
 def test_pause_schedule_does_not_change_samples(params):
   tok = ByteTokenizer()
   p = chatty_params(params)
@@ -251,7 +252,7 @@ def test_pause_schedule_does_not_change_samples(params):
     np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-@pytest.mark.parametrize("cache_block", [128, 4])
+@pytest.mark.parametrize("cache_block", [128, pytest.param(4, marks=pytest.mark.slow)])
 def test_without_calls_equals_the_plain_sampler(params, cache_block):
   tok = ByteTokenizer()
   never = tool_calls.ToolFormat("never", "\u00e9", "\u00e8", "<", ">")
