@@ -61,7 +61,7 @@ R1_ZERO_TOOL_1SHOT_TEMPLATE = (
   + "\nUser: {prompt}\nAssistant: <think>"
 )
 
-TEMPLATES = ("r1_zero", "r1_zero_1shot", "r1_zero_tool_1shot", "chat", "chat_r1", "raw")
+TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw", "r1_zero_tool_1shot")
 
 _RESPONSE_PREFIX = {"r1_zero_1shot": "<think>", "r1_zero_tool_1shot": "<think>"}
 _PLAIN = {"r1_zero": R1_ZERO_TEMPLATE, "r1_zero_1shot": R1_ZERO_1SHOT_TEMPLATE,
