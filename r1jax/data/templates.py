@@ -7,6 +7,8 @@ Names:
   "r1_zero_1shot"  the R1-Zero instructions, one worked example in the format, and the
              response opened with "<think>" (small models never emit the tags unprompted, so
              the plain template gives no reward signal to learn from; see README).
+  "r1_zero_tool_1shot"  as r1_zero_1shot, with a Python tool: the instructions say how to
+             call it and the worked example makes one call (tool rollouts, r1jax.tool_rollout).
   "raw"      the question itself.
 
 `response_prefix(template)` is the part of the response the template already wrote
@@ -48,9 +50,22 @@ R1_ZERO_1SHOT_TEMPLATE = (
   + "\nUser: {prompt}\nAssistant: <think>"
 )
 
-TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw")
+# R1-Zero instructions, a Python tool (fenced call, fenced output as in ToRA, Gou et al.
+# 2024), and one worked example that calls it; the response is opened with "<think>".
+R1_ZERO_TOOL_1SHOT_TEMPLATE = (
+  R1_ZERO_TEMPLATE[:R1_ZERO_TEMPLATE.index(" User: {prompt}")]
+  + " To compute, the assistant may run Python by writing ```python\ncode\n```; the output "
+  "follows in ```output\n...\n```."
+  + "\nUser: What is 4817 + 2396 - 758 + 9064?\nAssistant: <think> I run it.\n```python\n"
+  "print(4817 + 2396 - 758 + 9064)\n```\n```output\n15519\n```\n</think> <answer> 15519 </answer>"
+  + "\nUser: {prompt}\nAssistant: <think>"
+)
 
-_RESPONSE_PREFIX = {"r1_zero_1shot": "<think>"}
+TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw", "r1_zero_tool_1shot")
+
+_RESPONSE_PREFIX = {"r1_zero_1shot": "<think>", "r1_zero_tool_1shot": "<think>"}
+_PLAIN = {"r1_zero": R1_ZERO_TEMPLATE, "r1_zero_1shot": R1_ZERO_1SHOT_TEMPLATE,
+          "r1_zero_tool_1shot": R1_ZERO_TOOL_1SHOT_TEMPLATE}
 
 
 def response_prefix(template: str) -> str:
@@ -103,10 +118,9 @@ def render_prompt(question: str, template: str, tokenizer: Any = None) -> str:
     raise TypeError(f"question must be a str, got {type(question).__name__}")
   if template == "raw":
     return question
-  if template in ("r1_zero", "r1_zero_1shot"):
+  if template in _PLAIN:
     # str.replace, not str.format: questions may contain braces.
-    text = R1_ZERO_TEMPLATE if template == "r1_zero" else R1_ZERO_1SHOT_TEMPLATE
-    return text.replace("{prompt}", question)
+    return _PLAIN[template].replace("{prompt}", question)
   if tokenizer is None:
     raise ValueError(f"template {template!r} needs a tokenizer (for its chat template)")
   messages = [{"role": "user", "content": question}]

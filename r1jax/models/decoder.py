@@ -113,6 +113,12 @@ class DecodeInputs(NamedTuple):
   step: jax.Array  # int32 scalar: number of completion tokens already in the cache
 
 
+class ExtendInputs(NamedTuple):
+  """Attention context of `extend`: T new tokens per sample after its own cached ones."""
+  prompt_mask: jax.Array  # [B, P] bool, True at real prompt tokens
+  cached: jax.Array  # [B, G] int32: completion slots already in the cache, per sample
+
+
 class GroupedInputs(NamedTuple):
   """Attention context of the shared-prompt training forward (see `forward_grouped`)."""
   prompt_mask: jax.Array  # [B, 1, P, P] bool causal + valid mask of the prompts
@@ -124,7 +130,8 @@ class Attention(nn.Module):
 
   Two modes: full-sequence (training / prefill: `mask` is [B, 1, T, S] bool) and
   cached decode (`decode` is a DecodeInputs and `cache` holds this layer's
-  prompt and completion keys/values). Both return (output, (k, v)) where k, v are the
+  prompt and completion keys/values); `decode` an ExtendInputs runs a chunk of new tokens
+  per sample against a ragged cache (`extend`). Both return (output, (k, v)) where k, v are the
   keys/values of the *input* tokens, so callers can write them into a cache.
   """
   cfg: ModelConfig
@@ -156,7 +163,9 @@ class Attention(nn.Module):
     k = apply_rope(k_proj(x), positions, inv_freq)
     v = v_proj(x)
 
-    if decode is None:
+    if isinstance(decode, ExtendInputs):  # ragged chunks (tool rollouts, r1jax.tool_rollout)
+      o = self._extend(q, k, v, decode, cache)
+    elif decode is None:
       # x: [B, T, D]; q: [B, T, H, Dh]; k, v: [B, S=T, K, Dh]
       B, T = q.shape[:2]
       qg = q.reshape(B, T, K, R, Dh)
@@ -187,6 +196,30 @@ class Attention(nn.Module):
       o = o.reshape(B, G, H, Dh).astype(cfg.jnp_dtype)
 
     return o_proj(o), (k, v)
+
+  def _extend(self, q, k, v, ctx: ExtendInputs, cache):
+    """Chunk attention: q [B, G, T, H, Dh], k, v [B, G, T, K, Dh] of T new tokens per sample
+    attend to the shared prompt, to the sample's first `ctx.cached` completion slots and,
+    causally, to the chunk itself. Returns [B, G, T, H, Dh]."""
+    cfg = self.cfg
+    H, K, Dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    R, f32, scale = H // K, jnp.float32, Dh ** -0.5
+    B, G, T = q.shape[:3]
+    qg = q.reshape(B, G, T, K, R, Dh)
+    s_p = jnp.einsum("bgtkrd,bpkd->bgkrtp", qg, cache["prompt_k"], preferred_element_type=f32)
+    s_g = jnp.einsum("bgtkrd,bgnkd->bgkrtn", qg, cache["gen_k"], preferred_element_type=f32)
+    s_c = jnp.einsum("bgtkrd,bgskd->bgkrts", qg, k, preferred_element_type=f32)
+    P, N = s_p.shape[-1], s_g.shape[-1]
+    s_p = jnp.where(ctx.prompt_mask[:, None, None, None, None, :], s_p, _NEG_INF)
+    s_g = jnp.where((jnp.arange(N) < ctx.cached[..., None])[:, :, None, None, None, :], s_g,
+                    _NEG_INF)
+    s_c = jnp.where(jnp.tril(jnp.ones((T, T), bool)), s_c, _NEG_INF)
+    p = jax.nn.softmax(jnp.concatenate([s_p, s_g, s_c], axis=-1) * scale, axis=-1).astype(v.dtype)
+    o = (jnp.einsum("bgkrtp,bpkd->bgtkrd", p[..., :P], cache["prompt_v"], preferred_element_type=f32)
+         + jnp.einsum("bgkrtn,bgnkd->bgtkrd", p[..., P:P + N], cache["gen_v"],
+                      preferred_element_type=f32)
+         + jnp.einsum("bgkrts,bgskd->bgtkrd", p[..., P + N:], v, preferred_element_type=f32))
+    return o.reshape(B, G, T, H, Dh).astype(cfg.jnp_dtype)
 
   def _grouped(self, x, positions, ctx: GroupedInputs, q_proj, k_proj, v_proj, o_proj, inv_freq):
     """Prompts [B, P, D] once, their G completions [B, G, N, D] attending to them."""
@@ -496,3 +529,30 @@ def decode_step(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: 
   gen_k = jax.lax.dynamic_update_slice(cache.gen_k, k[:, :, :, None], idx)
   gen_v = jax.lax.dynamic_update_slice(cache.gen_v, v[:, :, :, None], idx)
   return hidden, cache._replace(gen_k=gen_k, gen_v=gen_v)
+
+
+def extend(params: Params, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
+           cache: KVCache, cached: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Forward of a chunk of T new tokens per sample against a ragged completion cache.
+
+  Sample (b, g) has its own number of cached completion slots `cached[b, g]` (tool
+  rollouts append tool outputs of different lengths, r1jax.tool_rollout); its chunk attends
+  to the shared prompt, to its slots [0, cached) and causally within the chunk. T = 1 is a
+  decode step with per-sample cache lengths. Nothing is written: the caller scatters k, v
+  into the slots it chooses.
+
+  Args:
+    tokens: [B, G, T] int32 chunk tokens.
+    positions: [B, G, T] int32 RoPE positions (prompt length + completion slot).
+    cache: KVCache (prompt part [L, B, P, K, Dh], completion part [L, B, G, N, K, Dh]).
+    cached: [B, G] int32 completion slots already filled per sample (<= N).
+
+  Returns:
+    hidden [B, G, T, D] (after the final norm) and the chunk's keys and values,
+    k, v [L, B, G, T, K, Dh].
+  """
+  layer_cache = {"prompt_k": cache.prompt_k, "prompt_v": cache.prompt_v,
+                 "gen_k": cache.gen_k, "gen_v": cache.gen_v}
+  hidden, (k, v) = Decoder(cfg).apply({"params": params}, tokens, positions, None,
+                                      ExtendInputs(cache.prompt_mask, cached), layer_cache)
+  return hidden, k, v

@@ -28,6 +28,7 @@ from absl import logging
 
 from r1jax import models, sampling
 from r1jax import sharding as shd
+from r1jax import tool_rollout_stage as tools_lib
 from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.templates import response_prefix
@@ -141,6 +142,10 @@ def validate_config(config) -> Settings:
   names = {name for name, _ in spec}
   kwargs = {k: v for k, v in reward_kwargs(config.rewards).items() if k in names}
   loop.parse_resume(config.resume)
+  tools_lib.validate(config)  # tool rollouts (issue 17): no-op without tools.enabled
+  if tools_lib.enabled(config) and (rl.async_rollouts or rl.rollout_dtype):
+    raise ValueError("tools.enabled works with the synchronous schedule in the training dtype "
+                     "only: set rl.async_rollouts=False and rl.rollout_dtype=''")
   nproc = jax.process_count()
   if rl.prompts_per_step % nproc:
     raise ValueError(f"rl.prompts_per_step={rl.prompts_per_step} does not split over {nproc} "
@@ -263,7 +268,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
   metrics, samples = {}, []
   for mode, temperature in (("greedy", 0.0), ("sampled", config.eval.temperature)):
     sp = dataclasses.replace(train_sp, temperature=temperature, top_p=1.0, top_k=0)
-    acc, fmt, lens = [], [], []
+    acc, fmt, lens, calls = [], [], [], []
     for i in range(0, len(examples), config.eval.batch_size):
       chunk = examples[i:i + config.eval.batch_size]
       out = sampler(params, [ex["prompt_ids"] for ex in chunk], jax.random.fold_in(key, i),
@@ -272,6 +277,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
       acc.extend(rewards.heldout_accuracy(texts, chunk).tolist())
       fmt.extend(format_ok(t) for t in texts)
       lens.extend(out.lengths[:, 0].tolist())
+      calls.extend(np.asarray(getattr(out, "num_calls", np.zeros_like(out.lengths)))[:, 0])
       if mode == "greedy" and i == 0:
         samples = [{"split": "eval", "question": ex["question"], "answer": ex["answer"],
                     "completion": t, "accuracy": float(a)}
@@ -279,6 +285,8 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
     metrics[f"accuracy_{mode}"] = float(np.mean(acc))
     metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
     metrics[f"response_len_{mode}"] = float(np.mean(lens))
+    if hasattr(sampler, "settings"):  # tool rollouts
+      metrics.update(tools_lib.eval_metrics(calls, acc, mode))
   metrics["num_examples"] = len(examples)
   return metrics, samples
 
@@ -379,6 +387,9 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                                               sampler_rules, s.rollout_dtype)
   else:
     sampler, rollout_params = eval_sampler, eval_params
+  if tools_lib.enabled(config):  # tool-calling rollouts (r1jax.tool_rollout), also in eval
+    sampler = eval_sampler = tools_lib.make_sampler(config, cfg, tok, pad_id=tok.pad_id,
+                                                    min_prompt_bucket=32)
   sp = sampling.SamplingParams(
       temperature=rl.temperature, top_p=rl.top_p, top_k=rl.top_k,
       max_new_tokens=rl.max_new_tokens, stop_ids=tok.stop_ids,
@@ -448,6 +459,9 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                     "rollout_tokens_per_s": float(gro.out.lengths.sum()) / ro.seconds_rollout})
     if s.advantages.overlong_buffer:
       metrics["reward_shaped"] = float(shaped.mean())
+    if tools_lib.enabled(config):
+      metrics.update(tools_lib.step_metrics(sampler, ro.out,
+                                            ro.rewards.per_function.get("accuracy")))
     if hasattr(rewards, "stats"):  # pool counters and the code sandbox's level
       metrics.update({f"rewards/{k}": v for k, v in rewards.stats().items()})
     return state, metrics, ro
@@ -470,4 +484,6 @@ def run(config, *, rewards=None) -> dict[str, Any]:
                          config=config, stage_state=rollouts)
   finally:
     rewards.close()
+    if hasattr(sampler, "close"):
+      sampler.close()
   return result

@@ -57,13 +57,17 @@ def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: samplin
     mask_truncated: drop completions that hit the length limit from the loss.
 
   Returns dict: prompt_tokens [B, P], prompt_lengths [B], completion [B, G, N], mask
-  [B, G, N] float32 (1 on real completion tokens), sampler_logp [B, G, N] (the sampler's
-  log-probs of the tokens: the off-policy correction's mu), advantages [B, G].
+  [B, G, N] float32 (1 on real completion tokens; 0 on tool-message tokens when `out`
+  has a `tool_mask`), sampler_logp [B, G, N] (the sampler's log-probs of the tokens: the
+  off-policy correction's mu), advantages [B, G].
   """
   N = out.tokens.shape[-1]
   mask = (np.arange(N) < out.lengths[..., None]).astype(np.float32)
   if mask_truncated:
     mask = mask * out.finished[..., None]
+  tool_mask = getattr(out, "tool_mask", None)  # tool rollouts (r1jax.tool_rollout)
+  if tool_mask is not None:  # tool messages are not actions: no loss, KL or entropy
+    mask = mask * ~np.asarray(tool_mask, bool)
   return {"prompt_tokens": prompt_ids.astype(np.int32),
           "prompt_lengths": prompt_lengths.astype(np.int32),
           "completion": out.tokens.astype(np.int32), "mask": mask,

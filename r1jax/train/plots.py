@@ -5,7 +5,7 @@
   plots.plot_run_dir("runs/r1zero")       # the end-of-run plot of the training loop
 
 Panels (each drawn only when one of its keys is logged): accuracy (train, eval greedy /
-sampled), mean response length (and max), reward components, format rate, KL and clip
+sampled), mean response length (and max), reward components, format rate, tool calls, KL and clip
 fraction, entropy, grad norm, learning rate, step time. `tools/plot_run.py` is the
 command-line wrapper.
 """
@@ -54,6 +54,9 @@ PANELS = (
   Panel("format_rate", "Format rate", "fraction well formatted",
         (("format_rate", "line"), ("eval/format_rate_greedy", "marker"),
          ("eval/format_rate*", "marker"))),
+  Panel("tools", "Tool calls (tool rollouts)", "fraction of samples calling",
+        (("tool/call_rate", "line"), ("eval/tool_call_rate*", "marker"),
+         ("tool/calls_per_sample", "right")), ylabel_right="calls per sample"),
   Panel("kl_clip", "KL to reference / clip fraction", "KL",
         (("kl", "line"), ("clip_frac", "right")), ylabel_right="clip fraction"),
   Panel("entropy", "Policy entropy", "nats / token", (("entropy", "line"),)),
