@@ -45,7 +45,7 @@ class StopStrings:
     if not self.strings or any(not s for s in self.strings):
       raise ValueError(f"stop strings must be non-empty strings, got {self.strings!r}")
     delta, alphabet = _aho_corasick(self.strings)
-    self.table = _lift_to_tokens(delta, alphabet, token_texts)
+    self.table = lift_dfa(delta, alphabet, token_texts)
     self._key = (self.strings, hash(self.table.tobytes()))
 
   @property
@@ -109,9 +109,18 @@ def _aho_corasick(strings: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
   return delta, alphabet
 
 
-def _lift_to_tokens(delta: np.ndarray, alphabet: dict[str, int],
-                    token_texts: Sequence[str]) -> np.ndarray:
-  """[S, V] int32: the state after each token's text from each state."""
+def lift_dfa(delta: np.ndarray, alphabet: dict[str, int],
+             token_texts: Sequence[str]) -> np.ndarray:
+  """Lift a character automaton to tokens.
+
+  Args:
+    delta: [S, A + 1] int32 character transitions (column 0: any character not in
+      `alphabet`).
+    alphabet: character -> column of `delta`.
+    token_texts: the decoded text of each token id (V entries).
+  Returns:
+    [S, V] int32: the state reached from each state by reading each token's text.
+  """
   V, S = len(token_texts), delta.shape[0]
   lengths = np.fromiter((len(t) for t in token_texts), np.int64, V)
   L = int(lengths.max()) if V else 0

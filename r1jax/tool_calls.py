@@ -28,6 +28,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from r1jax.stop_strings import lift_dfa
+
 __all__ = ["ToolFormat", "FORMATS", "get_format", "call_table", "sequence_dfa", "lift_dfa",
            "sanitize_output", "RESERVED_STRINGS"]
 
@@ -165,23 +167,6 @@ def sequence_dfa(first: str, second: str) -> tuple[np.ndarray, dict[str, int]]:
   delta[n1:] = b + n1
   delta[S - 1] = S - 1
   return delta, alphabet
-
-
-def lift_dfa(delta: np.ndarray, alphabet: dict[str, int],
-             token_texts: Sequence[str]) -> np.ndarray:
-  """[S, V] int32: the state reached from each state by reading each token's text."""
-  V, S = len(token_texts), delta.shape[0]
-  lengths = np.fromiter((len(t) for t in token_texts), np.int64, V)
-  L = int(lengths.max()) if V else 0
-  chars = np.zeros((V, max(L, 1)), np.int32)
-  for v, text in enumerate(token_texts):
-    if text:
-      chars[v, :len(text)] = [alphabet.get(c, 0) for c in text]
-  state = np.repeat(np.arange(S, dtype=np.int32)[:, None], V, axis=1)
-  for j in range(L):
-    rows = np.nonzero(lengths > j)[0]
-    state[:, rows] = delta[state[:, rows], chars[rows, j][None, :]]
-  return state
 
 
 def call_table(fmt: ToolFormat, token_texts: Sequence[str]) -> np.ndarray:

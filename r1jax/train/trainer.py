@@ -28,6 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 
+from r1jax import compiled as compiled_lib
 from r1jax import sharding as shd
 
 
@@ -283,19 +284,13 @@ class Trainer:
   def memory_analysis(self, state: TrainState, batch: dict[str, np.ndarray],
                       denominator: float, frozen=None) -> dict[str, int]:
     """Per-device bytes of the compiled update for this batch (XLA's memory analysis):
-    arguments, outputs, temporaries and their sum `peak_bytes` (an upper bound: donated
-    arguments alias outputs). Compiles the update once more; for tools, not the loop."""
+    arguments, outputs, temporaries, aliases and `peak_bytes` (r1jax.compiled.memory:
+    donated arguments reused as outputs counted once). Compiles the update once more; for
+    tools, not the loop."""
     self._check_frozen(frozen)
     fn = self.jit_update(batch, frozen)
-    ma = fn.lower(state, self.shard_batch(batch), jnp.float32(denominator), frozen).compile()
-    ma = ma.memory_analysis()
-    out = {"argument_bytes": int(ma.argument_size_in_bytes),
-           "output_bytes": int(ma.output_size_in_bytes),
-           "temp_bytes": int(ma.temp_size_in_bytes),
-           "alias_bytes": int(getattr(ma, "alias_size_in_bytes", 0))}
-    out["peak_bytes"] = (out["argument_bytes"] + out["output_bytes"] + out["temp_bytes"]
-                         - out["alias_bytes"])
-    return out
+    return compiled_lib.memory(
+        fn.lower(state, self.shard_batch(batch), jnp.float32(denominator), frozen).compile())
 
 
 def process_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
