@@ -20,6 +20,7 @@ where the time is that of all K devices' work on the machine's cores.
 
   python tools/bench_logprob.py                        # the issue's grid (CPU: times where cheap)
   python tools/bench_logprob.py --n 4096 --d 576 --v 49152 --impls naive,chunked
+  python tools/bench_logprob.py --n 4096 --d 576 --v 49152 --impls naive,chunked,fused_loss
   python tools/bench_logprob.py --n 4096 --d 576 --v 49152 --impls chunked --baseline b2bb1ea
   python tools/bench_logprob.py --n 4096 --d 576 --v 49152 --impls chunked --baseline b2bb1ea \
       --devices 8 --mesh fsdp_tp
@@ -50,6 +51,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from r1jax import sharding as shd
 from r1jax.kernels import logprob as K
+from r1jax.kernels.logprob_fused_loss import fused_loss
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 MESHES = {"dp": ({"data": -1, "fsdp": 1, "tensor": 1}, ("data",), P()),
@@ -97,7 +99,11 @@ def _compiled(impl, n, d, v, dtype, chunk, backward, module=K, layout=None):
     o = module.fused_logprob(h, w, y, impl=impl, chunk_size=chunk, return_entropy=True, **kw)
     return o.logprob, o.entropy
 
-  if backward:
+  if impl == "fused_loss":  # the same loss with its gradients formed in the forward
+    f = lambda h, w, y: fused_loss(h, w, y, {}, lambda lp, e, _: jnp.sum(lp) + 0.01 * jnp.sum(e),
+                                   chunk_size=chunk)
+    fn = jax.jit(jax.grad(f, argnums=(0, 1)) if backward else f)
+  elif backward:
     def loss(h, w, y):
       lp, ent = fwd(h, w, y)
       return jnp.sum(lp) + 0.01 * jnp.sum(ent)
@@ -143,7 +149,9 @@ def main():
   ap.add_argument("--n", default="4096,16384")
   ap.add_argument("--d", default="576,1536,4096")
   ap.add_argument("--v", default="49152,151936")
-  ap.add_argument("--impls", default="", help="default: naive,chunked (+pallas off CPU)")
+  ap.add_argument("--impls", default="", help="default: naive,chunked (+pallas off CPU); "
+                  "fused_loss = the loss with its gradients formed in the forward "
+                  "(rl.fused_loss; its fwd already computes them)")
   ap.add_argument("--dtype", default="", help="default: float32 on CPU, bfloat16 elsewhere")
   ap.add_argument("--chunk", type=int, default=256,
                   help="tokens per chunk (chunked / bwd); the configs' default is 256")
@@ -188,7 +196,7 @@ def main():
         variants = [(impl, impl, K) for impl in impls]
         if baseline is not None:
           variants += [(f"{impl}@{a.baseline}", impl, baseline) for impl in impls
-                       if impl != "naive"]
+                       if impl not in ("naive", "fused_loss")]
         for name, impl, module in variants:
           rows[name] = {"n": n, "d": d, "v": v, "impl": name, "dtype": dtype.name,
                         "devices": max(a.devices, 1), "layout": layout}

@@ -107,6 +107,10 @@ def get_config(variant: str = "") -> ConfigDict:
   # Dtype of the sampler's params and compute ("" = as the trained model; bfloat16 = bf16
   # rollouts against the float32 trainer). Held-out evaluation always uses the trained dtype.
   c.rl.rollout_dtype = ""
+  # Fused GRPO loss (r1jax/losses/grpo_fused.py): per chunk of kernels.logprob_chunk_size
+  # tokens, logits, loss, d hidden and d W in one pass (3 matmul-equivalents instead of 5).
+  # Needs policy_loss grpo and offpolicy_correction none / tis.
+  c.rl.fused_loss = False
 
   # Per-token log-probs from hidden states + LM head, never [tokens, vocab] logits
   # (r1jax/kernels/logprob.py): logprob_impl, logprob_chunk_size, block_tokens, block_vocab.

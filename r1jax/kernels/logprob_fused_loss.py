@@ -29,7 +29,8 @@ from r1jax.kernels import logprob_xla as xla
 
 
 def _chunk(h, w, y, aux, loss_fn, temperature):
-  """(loss, d hidden [C, D] float32, d W [D, V] float32) of one chunk of tokens."""
+  """(loss, d hidden [C, D] float32, d W [D, V] float32, (logp [C], entropy [C]) float32)
+  of one chunk of tokens."""
   lg = xla.logits(h, w, temperature)
   lse, ent, tgt = xla.tile_stats(lg, y)
   loss, vjp = jax.vjp(lambda lp, e: loss_fn(lp, e, aux), tgt - lse, ent)
@@ -38,7 +39,7 @@ def _chunk(h, w, y, aux, loss_fn, temperature):
                    g_ent.astype(jnp.float32), temperature).astype(h.dtype)
   dh = jnp.dot(dl, w.T, preferred_element_type=jnp.float32)
   dw = jnp.dot(h.T, dl, preferred_element_type=jnp.float32)
-  return loss.astype(jnp.float32), dh, dw
+  return loss.astype(jnp.float32), dh, dw, (tgt - lse, ent)
 
 
 def _loss_and_grads(h, w, y, aux, loss_fn, temperature, chunk_size):
@@ -52,21 +53,24 @@ def _loss_and_grads(h, w, y, aux, loss_fn, temperature, chunk_size):
   def body(carry, xs):
     total, dw = carry
     hc, yc, ac = xs
-    loss, dh, dwc = run(hc, w, yc, ac)
-    return (total + loss, dw + dwc), dh
+    loss, dh, dwc, stats = run(hc, w, yc, ac)
+    return (total + loss, dw + dwc), (dh, stats)
 
   init = (jnp.zeros((), jnp.float32), jnp.zeros(w.shape, jnp.float32))
-  (total, dw), dh = jax.lax.scan(body, init, (head(h), head(y), jax.tree.map(head, aux)))
+  (total, dw), (dh, stats) = jax.lax.scan(body, init,
+                                          (head(h), head(y), jax.tree.map(head, aux)))
   dh = dh.reshape(k * C, D)
+  stats = jax.tree.map(lambda x: x.reshape(k * C), stats)
   if rem:
-    loss, dhr, dwr = run(h[k * C:], w, y[k * C:], jax.tree.map(lambda x: x[k * C:], aux))
+    loss, dhr, dwr, sr = run(h[k * C:], w, y[k * C:], jax.tree.map(lambda x: x[k * C:], aux))
     total, dw, dh = total + loss, dw + dwr, jnp.concatenate([dh, dhr])
-  return total, dh, dw
+    stats = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), stats, sr)
+  return total, dh, dw, stats
 
 
 def fused_loss(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, aux: Any,
                loss_fn: Callable, *, temperature: float = 1.0,
-               chunk_size: int = 256) -> jax.Array:
+               chunk_size: int = 256, with_stats: bool = False):
   """sum over token chunks of loss_fn(logp, entropy, aux), differentiable in hidden and
   lm_head, with the gradients formed in the forward pass.
 
@@ -78,10 +82,12 @@ def fused_loss(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, aux: A
       be a sum of per-token terms (each chunk's value is added).
     temperature: logits are divided by it (> 0).
     chunk_size: tokens per chunk (memory ~ chunk_size x V float32).
+    with_stats: also return the per-token statistics the loss saw (for metrics).
 
   Returns:
     The scalar float32 loss; its gradient is d hidden (hidden's dtype) and d lm_head
-    (lm_head's dtype).
+    (lm_head's dtype). With with_stats, (loss, (logp [N], entropy [N])) float32, the
+    statistics carrying no gradient (cotangents sent to them are dropped).
 
   Raises:
     ValueError: shapes that do not match, temperature <= 0, chunk_size < 1.
@@ -98,15 +104,21 @@ def fused_loss(hidden: jax.Array, lm_head: jax.Array, targets: jax.Array, aux: A
 
   @jax.custom_vjp
   def f(h, w):
-    return _loss_and_grads(h, w, targets, aux, loss_fn, temperature, chunk_size)[0]
+    total, _, _, stats = _loss_and_grads(h, w, targets, aux, loss_fn, temperature, chunk_size)
+    return total, stats
 
   def fwd(h, w):
-    total, dh, dw = _loss_and_grads(h, w, targets, aux, loss_fn, temperature, chunk_size)
-    return total, (dh, dw, jnp.zeros((), h.dtype), jnp.zeros((), w.dtype))
+    total, dh, dw, stats = _loss_and_grads(h, w, targets, aux, loss_fn, temperature,
+                                           chunk_size)
+    return (total, stats), (dh, dw, jnp.zeros((), h.dtype), jnp.zeros((), w.dtype))
 
   def bwd(res, g):
     dh, dw, h0, w0 = res
+    g = g[0]  # the statistics' cotangents are dropped (documented: no gradient)
     return (g * dh).astype(h0.dtype), (g * dw).astype(w0.dtype)
 
   f.defvjp(fwd, bwd)
-  return f(hidden, lm_head)
+  total, stats = f(hidden, lm_head)
+  if with_stats:
+    return total, jax.tree.map(jax.lax.stop_gradient, stats)
+  return total

@@ -58,6 +58,10 @@ class GRPOConfig:
     | "mis" (sequence-level masked IS), between the sampler's and the trainer's log-probs.
   offpolicy_cap [rl.offpolicy_cap]: C, the TIS cap / the upper end of the MIS band (> 0).
   offpolicy_mis_low [rl.offpolicy_mis_low]: lower end of the MIS band (0 = none).
+  fused [rl.fused_loss]: compute the loss with its gradients formed in the forward pass
+    over token chunks (losses/grpo_fused.py; Liger-style, 3 matmul-equivalents instead of
+    5, no second pass over the vocabulary). Needs per-token terms: policy_loss "grpo" and
+    offpolicy_correction "none" or "tis".
   """
   epsilon_low: float = 0.2
   epsilon_high: float = 0.2
@@ -70,6 +74,7 @@ class GRPOConfig:
   offpolicy_correction: str = "none"
   offpolicy_cap: float = 2.0
   offpolicy_mis_low: float = 0.5
+  fused: bool = False
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
@@ -98,6 +103,14 @@ class GRPOConfig:
     if not 0 <= self.offpolicy_mis_low < self.offpolicy_cap:
       raise ValueError(f"rl.offpolicy_mis_low must be in [0, rl.offpolicy_cap="
                        f"{self.offpolicy_cap}), got {self.offpolicy_mis_low}")
+    if not isinstance(self.fused, bool):
+      raise ValueError(f"rl.fused_loss must be True or False, got {self.fused!r}")
+    if self.fused and (self.policy_loss != "grpo" or self.offpolicy_correction == "mis"):
+      # GSPO's sequence ratio and MIS's sequence weight couple the tokens of a sequence:
+      # a token's gradient is not known when its chunk is.
+      raise ValueError(f"rl.fused_loss=True needs per-token loss terms: rl.policy_loss="
+                       f"'grpo' and rl.offpolicy_correction 'none' or 'tis' (got "
+                       f"{self.policy_loss!r}, {self.offpolicy_correction!r})")
 
 
 def group_advantages(rewards: np.ndarray, scaling: str = "group", eps: float = 1e-4) -> np.ndarray:

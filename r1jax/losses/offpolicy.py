@@ -104,6 +104,29 @@ def mismatch_metrics(trainer_logp: jax.Array, sampler_logp: jax.Array, mask: jax
   return out
 
 
+def micro_batch_metrics(trainer_logp: jax.Array, sampler_logp: jax.Array, live: jax.Array,
+                        metric_weights: jax.Array, mode: str, cap: float,
+                        low: float = 0.0) -> dict[str, jax.Array]:
+  """The mismatch metrics the GRPO update logs every step whatever the mode:
+  `mismatch_metrics` plus offpolicy/logp_diff (the signed token mean of
+  log pi_old - log mu, additive over micro-batches like the others) and
+  offpolicy/logp_diff_abs_max, the micro-batch's largest |log pi_old - log mu| (the Trainer
+  takes the maximum of "_max" metrics over micro-batches, so it is the batch's exact max).
+
+  Args:
+    trainer_logp, sampler_logp: [S, T] float32 log pi_old and log mu of the sampled tokens.
+    live: [S, T] bool completion tokens in the loss; metric_weights: [S, T] float32 token
+      weights of the whole batch (grpo.token_mean_weights); mode, cap, low: as
+      `importance_weights`.
+  """
+  lr = log_ratios(trainer_logp, sampler_logp, live)
+  out = mismatch_metrics(trainer_logp, sampler_logp, live, metric_weights, mode, cap, low)
+  mw = jnp.where(live, metric_weights, 0.0)
+  out["offpolicy/logp_diff"] = jnp.sum(mw * lr)
+  out["offpolicy/logp_diff_abs_max"] = jnp.max(jnp.abs(lr))
+  return out
+
+
 def mismatch_summary(trainer_logp: jax.Array, sampler_logp: jax.Array,
                      mask: jax.Array) -> dict[str, jax.Array]:
   """Whole-batch mismatch statistics, including the maximum (not additive, so computed

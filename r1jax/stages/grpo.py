@@ -36,6 +36,7 @@ from r1jax.kernels import logprob as kernel_lib
 from r1jax.kernels.logprob import token_logprobs
 from r1jax.losses import advantages as adv_lib
 from r1jax.losses import grpo as grpo_lib
+from r1jax.losses import grpo_fused as fused_lib
 from r1jax.losses import offpolicy
 from r1jax.models import lora as lora_lib
 from r1jax.models.config import LoraConfig, ModelConfig
@@ -136,7 +137,8 @@ def validate_config(config) -> Settings:
                              policy_loss=rl.policy_loss, entropy_coef=rl.entropy_coef,
                              offpolicy_correction=rl.offpolicy_correction,
                              offpolicy_cap=rl.offpolicy_cap,
-                             offpolicy_mis_low=rl.offpolicy_mis_low)
+                             offpolicy_mis_low=rl.offpolicy_mis_low,
+                             fused=rl.get("fused_loss", False))
   import_reward_modules(config.rewards.get("modules", ""))
   spec = tuple(registry.parse_reward_spec(config.rewards.spec))
   names = {name for name, _ in spec}
@@ -174,47 +176,29 @@ def validate_config(config) -> Settings:
 
 
 # ---------------------------------------------------------------------- the loss
-def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: float,
-                        kernel: dict, remat: bool):
-  """Log-probs [b, G, N] and entropies [b, G, N] of the completion tokens of a (micro-)batch.
-
-  Each prompt is run once for its G completions (models.forward_grouped), and only the N
-  completion positions go through the LM head (kernels.logprob: no [tokens, V] logits;
-  `kernel` = kernels.logprob.kwargs_from_config(config.kernels, ...)).
-  """
+def completion_hidden(params, cfg: ModelConfig, mb: dict, *, remat: bool) -> jax.Array:
+  """[b, G, N, D] hidden states that predict the completion tokens of a (micro-)batch (each
+  prompt run once for its G completions: models.forward_grouped)."""
   # LoRA dropout (training forward only): one key per micro-batch from its first row's seed.
   rng = jax.random.key(mb["lora_seed"][0]) if "lora_seed" in mb else None
   hp, hc = models.forward_grouped(params, cfg, mb["prompt_tokens"], mb["prompt_lengths"],
                                   mb["completion"], remat=remat, dropout_rng=rng)
-  h = models.completion_predictors(hp, mb["prompt_lengths"], hc)
+  return models.completion_predictors(hp, mb["prompt_lengths"], hc)
+
+
+def completion_logprobs(params, cfg: ModelConfig, mb: dict, *, temperature: float,
+                        kernel: dict, remat: bool):
+  """Log-probs [b, G, N] and entropies [b, G, N] of the completion tokens of a (micro-)batch.
+
+  Only the N completion positions go through the LM head (kernels.logprob: no [tokens, V]
+  logits; `kernel` = kernels.logprob.kwargs_from_config(config.kernels, ...)).
+  """
+  h = completion_hidden(params, cfg, mb, remat=remat)
   b, G, N, D = h.shape
   logp, ent = token_logprobs(h.reshape(b * G, N, D), models.lm_head_weight(params, cfg),
                              mb["completion"].reshape(b * G, N), temperature=temperature,
                              **kernel)
   return logp.reshape(b, G, N), ent.reshape(b, G, N)
-
-
-def mismatch_metrics(trainer_logp, sampler_logp, live, metric_weights, gcfg):
-  """Sampler-vs-trainer mismatch of a micro-batch, logged every step whatever
-  rl.offpolicy_correction (r1jax.losses.offpolicy): offpolicy/logp_diff_abs (token mean of
-  |log pi_old - log mu|), offpolicy/logp_diff (its signed mean), offpolicy/is_weight and,
-  under tis / mis, offpolicy/capped_frac / masked_frac: token-weighted sums that add up over
-  micro-batches; offpolicy/logp_diff_abs_max, the largest |log pi_old - log mu| (the Trainer
-  takes the maximum of "_max" metrics over micro-batches, so it is the batch's exact max).
-
-  Args:
-    trainer_logp, sampler_logp: [S, T] float32 log pi_old and log mu of the sampled tokens.
-    live: [S, T] bool completion tokens in the loss; metric_weights: [S, T] float32 token
-      weights of the whole batch (grpo.token_mean_weights).
-  """
-  lr = offpolicy.log_ratios(trainer_logp, sampler_logp, live)
-  out = offpolicy.mismatch_metrics(trainer_logp, sampler_logp, live, metric_weights,
-                                   gcfg.offpolicy_correction, gcfg.offpolicy_cap,
-                                   gcfg.offpolicy_mis_low)
-  mw = jnp.where(live, metric_weights, 0.0)
-  out["offpolicy/logp_diff"] = jnp.sum(mw * lr)
-  out["offpolicy/logp_diff_abs_max"] = jnp.max(jnp.abs(lr))
-  return out
 
 
 def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: float,
@@ -225,21 +209,33 @@ def make_loss_fn(cfg: ModelConfig, gcfg: grpo_lib.GRPOConfig, *, temperature: fl
   optionally metric_weights, ref_logp (beta > 0), old_logp (pi_old when mu > 1) and
   sampler_logp (the sampler's log-probs: off-policy correction and mismatch metrics)."""
   def loss_fn(params, mb, denominator):
-    logp, entropy = completion_logprobs(params, cfg, mb, temperature=temperature,
-                                        kernel=kernel, remat=remat)
     flat = lambda x: None if x is None else x.reshape(-1, x.shape[-1])
-    # mu = 1: pi_old is the current policy (ratio = 1, gradient = policy gradient).
-    old = flat(mb["old_logp"] if num_iterations > 1 else logp)
     sampler_logp = flat(mb.get("sampler_logp"))
-    loss, metrics = grpo_lib.grpo_loss(flat(logp), old, flat(mb.get("ref_logp")),
-                                       mb["advantages"].reshape(-1), flat(mb["weights"]),
-                                       denominator, gcfg, flat(entropy),
-                                       flat(mb.get("metric_weights")), sampler_logp)
+    if gcfg.fused:  # rl.fused_loss: gradients formed in the forward (losses/grpo_fused.py)
+      h = completion_hidden(params, cfg, mb, remat=remat)
+      loss, metrics, logp = fused_lib.fused_grpo_loss(
+          h.reshape(-1, *h.shape[2:]), models.lm_head_weight(params, cfg),
+          flat(mb["completion"]), mb["advantages"].reshape(-1), flat(mb["weights"]),
+          denominator, gcfg, old_logp=flat(mb["old_logp"]) if num_iterations > 1 else None,
+          ref_logp=flat(mb.get("ref_logp")), sampler_logp=sampler_logp,
+          metric_weights=flat(mb.get("metric_weights")), temperature=temperature,
+          chunk_size=kernel.get("chunk_size", 256))
+      old = flat(mb["old_logp"]) if num_iterations > 1 else logp
+    else:
+      logp, entropy = completion_logprobs(params, cfg, mb, temperature=temperature,
+                                          kernel=kernel, remat=remat)
+      # mu = 1: pi_old is the current policy (ratio = 1, gradient = policy gradient).
+      old = flat(mb["old_logp"] if num_iterations > 1 else logp)
+      loss, metrics = grpo_lib.grpo_loss(flat(logp), old, flat(mb.get("ref_logp")),
+                                         mb["advantages"].reshape(-1), flat(mb["weights"]),
+                                         denominator, gcfg, flat(entropy),
+                                         flat(mb.get("metric_weights")), sampler_logp)
     if sampler_logp is not None:
       mw = mb.get("metric_weights")
       mw = flat(mb["weights"]) / denominator if mw is None else flat(mw)
-      metrics.update(mismatch_metrics(jax.lax.stop_gradient(old), sampler_logp,
-                                      flat(mb["weights"]) > 0, mw, gcfg))
+      metrics.update(offpolicy.micro_batch_metrics(
+          jax.lax.stop_gradient(old), sampler_logp, flat(mb["weights"]) > 0, mw,
+          gcfg.offpolicy_correction, gcfg.offpolicy_cap, gcfg.offpolicy_mis_low))
     return loss, metrics
   return loss_fn
 
