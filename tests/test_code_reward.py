@@ -514,6 +514,23 @@ def test_mixed_batch_through_the_pool(problems):
   _assert_clean()
 
 
+def test_accuracy_and_code_mix_over_mixed_data(problems):
+  """"accuracy:1,code:1" over math and code examples: each problem is scored by its own
+  reward, the other gives it 0, and nothing counts as an error."""
+  math_ex = {"question": "2 + 3 = ?", "answer": "5", "task": "math"}
+  batch = [(math_ex, "<think> 2 + 3 = 5 </think> <answer> 5 </answer>"),
+           (problems["add-fn"], _fence(SOLUTIONS["add-fn"])),
+           (math_ex, "<think> no </think> <answer> 6 </answer>")]
+  kwargs = {"code": {"timeout_s": 1.0, "total_timeout_s": 2.0}}
+  with RewardComputer("accuracy:1.0,code:1.0", num_workers=0, timeout_s=4.0,
+                      fn_kwargs=kwargs) as rc:
+    out = rc([c for _, c in batch], [e for e, _ in batch])
+  assert not out.errors.any()
+  assert out.per_function["accuracy"].tolist() == [1.0, 0.0, 0.0]
+  assert out.per_function["code"].tolist() == [0.0, 1.0, 0.0]
+  _assert_clean()
+
+
 def test_pool_worker_kill_takes_its_sandbox_along(problems):
   """A pool timeout below the sandbox's own limit kills the reward worker mid-run (the
   misconfiguration the defaults avoid): the parent-death signal takes nsjail and its jail

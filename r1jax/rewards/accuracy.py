@@ -164,9 +164,11 @@ def accuracy(completion: str, example: dict[str, Any], *,
              partial_credit: bool = False) -> float:
   """Accuracy reward r_acc (module docstring): dispatch on `example["task"]`.
 
-  reasoning-gym dataset names -> `reasoning_gym_accuracy` (with `partial_credit`); anything
-  else ("math", other strings, missing) -> `math_accuracy` (with `timeout_s`; always
-  binary). No single extracted answer (none, several, or text after `</answer>`) -> 0.0.
+  reasoning-gym dataset names -> `reasoning_gym_accuracy` (with `partial_credit`); code
+  problems (task "code" or test fields: the "code" reward scores them) -> 0.0, so that the
+  two mix over mixed data ("accuracy:1,code:1"); anything else ("math", other strings,
+  missing) -> `math_accuracy` (with `timeout_s`; always binary). No single extracted answer
+  (none, several, or text after `</answer>`) -> 0.0.
 
   Args:
     completion: generated text after the prompt (str).
@@ -180,6 +182,9 @@ def accuracy(completion: str, example: dict[str, Any], *,
   """
   if is_reasoning_gym_task(example.get("task")):
     return reasoning_gym_accuracy(completion, example, partial_credit=partial_credit)
+  from r1jax.rewards import code  # lazy, as in heldout_accuracy
+  if code.is_code_example(example):
+    return 0.0  # scored by the "code" reward, as that one gives 0 to non-code problems
   return math_accuracy(completion, example, timeout_s=timeout_s)
 
 
