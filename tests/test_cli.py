@@ -86,12 +86,18 @@ def test_user_errors_print_one_line(tmp_path):
   fake = tmp_path / "fake.gguf"
   fake.write_bytes(b"GGUF" + b"\0" * 40)
   subs = {"bad_jsonl": bad, "empty_jsonl": empty, "fake_gguf": fake}
-  transcript = []
-  for args, want in BAD_INPUTS:
-    args = [a.format(**subs) for a in args] + [f"--config.run_dir={tmp_path / 'run'}"] * (
+  cases = []
+  for i, (args, want) in enumerate(BAD_INPUTS):
+    args = [a.format(**subs) for a in args] + [f"--config.run_dir={tmp_path / f'run{i}'}"] * (
         not any(a.startswith("--config.run_dir") for a in args)
         and "generate" not in args[0] and "nope" not in args[0] and "tinyy" not in args[0])
-    r = _run(args, timeout=300)
+    cases.append((args, want))
+  # The processes mostly import JAX: run a few at once.
+  from concurrent.futures import ThreadPoolExecutor
+  with ThreadPoolExecutor(4) as pool:
+    results = list(pool.map(lambda c: _run(c[0], timeout=300), cases))
+  transcript = []
+  for (args, want), r in zip(cases, results):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     transcript.append(f"$ r1jax {' '.join(args)}\n{lines[-1] if lines else ''}")
     assert r.returncode != 0, args
