@@ -43,6 +43,25 @@ def test_r1_zero_template_is_the_spec_text():
   assert render_prompt("What is 2+{3}?", "r1_zero", None) == expected
 
 
+def test_steps_template_and_its_config():
+  """The signature config's template: the worked example's partial sums are right, the
+  response opens with <think>, and configs/grpo_reasoning.py validates with it."""
+  import re
+  from r1jax import configs
+  from r1jax.stages import grpo as grpo_stage
+  p = render_prompt("State the final answer to the following arithmetic problem: 1 + 2 =",
+                    "r1_zero_steps_1shot", None)
+  assert p.endswith("problem: 1 + 2 =\nAssistant: <think>") and p.count("User:") == 2
+  steps = re.findall(r"(\d+) ([+-]) (\d+) = (\d+)\.", p)
+  assert len(steps) == 3
+  for a, op, b, c in steps:
+    assert int(a) + (int(b) if op == "+" else -int(b)) == int(c)
+  assert "<answer> 17 </answer>" in p and 7 + 5 - 3 + 8 == 17
+  c = configs.load("grpo_reasoning")
+  assert c.data.template == "r1_zero_steps_1shot" and c.data.tasks == "chain_sum"
+  assert grpo_stage.validate_config(c).grpo.aggregation == "dr_grpo"
+
+
 def test_chat_templates_render(tok):
   q = "Calculate 5 + 3."
   chat = render_prompt(q, "chat", tok)

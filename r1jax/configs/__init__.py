@@ -4,8 +4,9 @@
   from r1jax import configs
   c = configs.load("grpo:tiny")                           # the same ConfigDict in Python
 
-Modules: common (the shared blocks), grpo (R1-Zero, the default job), grpo_tools (GRPO
-with a Python tool), reasoning_rl,
+Modules: common (the shared blocks), grpo (R1-Zero, the default job), grpo_reasoning (the
+R1-Zero signature: accuracy and length rising together), grpo_tools (GRPO with a Python
+tool), reasoning_rl,
 all_scenario_rl, sft, cold_start_sft, distill, reward_model, rejection_sampling, eval,
 generate, pipeline, r1_small.
 """
@@ -20,7 +21,7 @@ import os
 from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-NAMES = ("grpo", "grpo_tools", "reasoning_rl", "all_scenario_rl", "sft", "cold_start_sft", "distill",
+NAMES = ("grpo", "grpo_reasoning", "grpo_tools", "reasoning_rl", "all_scenario_rl", "sft", "cold_start_sft", "distill",
          "reward_model", "rejection_sampling", "eval", "generate", "pipeline", "r1_small")
 
 

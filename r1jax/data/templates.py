@@ -7,6 +7,8 @@ Names:
   "r1_zero_1shot"  the R1-Zero instructions, one worked example in the format, and the
              response opened with "<think>" (small models never emit the tags unprompted, so
              the plain template gives no reward signal to learn from; see README).
+  "r1_zero_steps_1shot"  as r1_zero_1shot, with a worked example that reasons step by step
+             (a chain sum computed one partial sum at a time): the R1-Zero signature config.
   "r1_zero_tool_1shot"  as r1_zero_1shot, with a Python tool: the instructions say how to
              call it and the worked example makes one call (tool rollouts, r1jax.tool_rollout).
   "raw"      the question itself.
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["R1_ZERO_TEMPLATE", "R1_ZERO_1SHOT_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES",
+__all__ = ["R1_ZERO_TEMPLATE", "R1_ZERO_1SHOT_TEMPLATE", "R1_ZERO_STEPS_1SHOT_TEMPLATE", "R1_SYSTEM_PROMPT", "TEMPLATES",
            "render_prompt", "response_prefix", "check_template", "is_chat_template"]
 
 # DeepSeek-R1, table 1 (docs/method.md "Templates"); "{prompt}" is replaced by the question.
@@ -50,6 +52,14 @@ R1_ZERO_1SHOT_TEMPLATE = (
   + "\nUser: {prompt}\nAssistant: <think>"
 )
 
+# As R1_ZERO_1SHOT_TEMPLATE, but the example reasons one step at a time.
+R1_ZERO_STEPS_1SHOT_TEMPLATE = (
+  R1_ZERO_TEMPLATE[:R1_ZERO_TEMPLATE.index(" User: {prompt}")]
+  + "\nUser: State the final answer to the following arithmetic problem: 7 + 5 - 3 + 8 ="
+  + "\nAssistant: <think> 7 + 5 = 12. 12 - 3 = 9. 9 + 8 = 17. </think> <answer> 17 </answer>"
+  + "\nUser: {prompt}\nAssistant: <think>"
+)
+
 # R1-Zero instructions, a Python tool (fenced call, fenced output as in ToRA, Gou et al.
 # 2024), and one worked example that calls it; the response is opened with "<think>".
 R1_ZERO_TOOL_1SHOT_TEMPLATE = (
@@ -61,11 +71,14 @@ R1_ZERO_TOOL_1SHOT_TEMPLATE = (
   + "\nUser: {prompt}\nAssistant: <think>"
 )
 
-TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw", "r1_zero_tool_1shot")
+TEMPLATES = ("r1_zero", "r1_zero_1shot", "chat", "chat_r1", "raw", "r1_zero_tool_1shot",
+             "r1_zero_steps_1shot")
 
-_RESPONSE_PREFIX = {"r1_zero_1shot": "<think>", "r1_zero_tool_1shot": "<think>"}
+_RESPONSE_PREFIX = {"r1_zero_1shot": "<think>", "r1_zero_tool_1shot": "<think>",
+                    "r1_zero_steps_1shot": "<think>"}
 _PLAIN = {"r1_zero": R1_ZERO_TEMPLATE, "r1_zero_1shot": R1_ZERO_1SHOT_TEMPLATE,
-          "r1_zero_tool_1shot": R1_ZERO_TOOL_1SHOT_TEMPLATE}
+          "r1_zero_tool_1shot": R1_ZERO_TOOL_1SHOT_TEMPLATE,
+          "r1_zero_steps_1shot": R1_ZERO_STEPS_1SHOT_TEMPLATE}
 
 
 def response_prefix(template: str) -> str:
