@@ -4,7 +4,7 @@ import itertools
 import numpy as np
 import pytest
 
-from r1jax.eval import majority_vote, pass_at_1, pass_at_k
+from r1jax.eval import majority_vote, mean_interval, paired_test, pass_at_1, pass_at_k
 
 
 def brute_force_pass_at_k(correct: list[int], k: int) -> float:
@@ -55,3 +55,42 @@ def test_majority_vote_ties_go_to_the_first_group_and_none_never_votes():
   # A custom equivalence relation.
   same_parity = lambda a, b: int(a) % 2 == int(b) % 2
   assert majority_vote(["1", "2", "3", "4", "5"], same_parity) == ("1", 3)
+
+
+def test_mean_interval_hand_computed():
+  # values 0, 1, 1, 0.5: mean 0.625, sample sd sqrt(0.72917 / 3 * ... ) by hand below.
+  v = [0.0, 1.0, 1.0, 0.5]
+  m = 0.625
+  sd = ((0.625 ** 2 + 0.375 ** 2 * 2 + 0.125 ** 2) / 3) ** 0.5
+  half = 1.959964 * sd / 2
+  got = mean_interval(v)
+  np.testing.assert_allclose(got, (m, m - half, m + half), rtol=1e-6)
+  assert mean_interval([0.3]) == (0.3, 0.3, 0.3)
+  with pytest.raises(ValueError):
+    mean_interval([])
+
+
+def test_paired_test_exact_sign_flips_match_enumeration():
+  rng = np.random.RandomState(0)
+  a, b = rng.rand(9), rng.rand(9) * 0.6
+  d = a - b
+  # Naive enumeration of the 512 sign patterns.
+  means = [abs(np.dot(s, d)) / 9 for s in itertools.product((-1, 1), repeat=9)]
+  want = np.mean([x >= abs(d.mean()) - 1e-12 for x in means])
+  r = paired_test(a, b)
+  assert r["problems"] == 9 and 0 < r["p_value"] < 1
+  np.testing.assert_allclose(r["p_value"], want)
+  np.testing.assert_allclose(r["diff"], d.mean())
+  assert r["diff_low"] < d.mean() < r["diff_high"]
+  assert paired_test(a, a)["p_value"] == 1.0
+
+
+def test_paired_test_monte_carlo_detects_a_shift_and_not_noise():
+  rng = np.random.RandomState(1)
+  before = rng.binomial(4, 0.3, 200) / 4
+  after = np.clip(before + rng.binomial(1, 0.3, 200) * 0.25, 0, 1)  # a real gain
+  assert paired_test(after, before)["p_value"] < 1e-3
+  noise = rng.binomial(4, 0.3, 200) / 4
+  assert paired_test(noise, before)["p_value"] > 0.01  # two draws of one policy
+  with pytest.raises(ValueError):
+    paired_test([1.0, 0.0], [1.0])

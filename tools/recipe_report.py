@@ -1,7 +1,10 @@
-"""Per-stage figures of a pipeline run: wall time of each stage (its DONE marker), and for
-each evaluation stage (eval_*) pass@1, format rate, mean response length and the mean
-language consistency of the completions (DeepSeek-R1, section 2.3.2: share of
-chain-of-thought words in the target language, r1jax.rewards.language).
+"""Per-stage table of a pipeline run (DeepSeek-R1 recipe): the wall time of every stage (its
+DONE marker), the samples kept by rejection sampling (summary.json), and for every
+evaluation stage (eval_*) pass@1 from n samples with its 95% interval over problems,
+cons@n, format rate, mean response length, the language consistency of the reasoning
+(DeepSeek-R1 section 2.3.2: the share of its words in the target language,
+r1jax.rewards.language) and a paired sign-flip test against the previous evaluation on the
+same problems (r1jax.eval.paired_test).
 
   python tools/recipe_report.py runs/r1_small [--language en]
 
@@ -13,10 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
-from r1jax.rewards.language import extract_cot, language_consistency
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from r1jax.eval import mean_interval, paired_test  # noqa: E402
+from r1jax.rewards.language import extract_cot, language_consistency  # noqa: E402
 
 
 def _stage_dirs(run_dir):
@@ -29,45 +36,84 @@ def _stage_dirs(run_dir):
   return sorted(out, key=lambda x: x[1].get("finished_at", ""))
 
 
+def _eval_figures(stage_dir, language):
+  """Figures of an evaluation stage from its records.jsonl, and per-problem pass@1 by
+  (dataset, id) for the paired tests (None when the stage has no records)."""
+  path = os.path.join(stage_dir, "records.jsonl")
+  if not os.path.isfile(path):
+    return None, None
+  records = [json.loads(l) for l in open(path) if l.strip()]
+  if not records:
+    return None, None
+  per_problem = {(r["dataset"], r["id"]): float(np.mean(r["correct"])) for r in records}
+  comps = [c for r in records for c in r["completions"]]
+  # Share of target-language words per completion, over completions with any countable
+  # word (pure "12 + 3 = 15" reasoning has none; that share is reported separately).
+  counts = [language_consistency(extract_cot(c), language) for c in comps]
+  lang = [on / n for on, n in counts if n]
+  p1, lo, hi = mean_interval(list(per_problem.values()))
+  n = len(records[0]["correct"])
+  return {"problems": len(records), "samples_per_problem": n, "pass_at_1": p1,
+          "pass_at_1_ci95": [lo, hi],
+          "cons_at_n": float(np.mean([r["cons_correct"] for r in records])),
+          "format_rate": float(np.mean([f for r in records for f in r["format_ok"]])),
+          "response_len": float(np.mean([x for r in records for x in r["lengths"]])),
+          "language_consistency": float(np.mean(lang)) if lang else None,
+          "no_words_fraction": float(np.mean([k == 0 for _, k in counts]))}, per_problem
+
+
+def _kept(stage_dir):
+  """Samples kept by a rejection-sampling stage (its summary.json), else None."""
+  path = os.path.join(stage_dir, "summary.json")
+  if not os.path.isfile(path):
+    return None
+  rec = json.load(open(path)).get("records", {})
+  return rec.get("reasoning")
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("run_dir")
   ap.add_argument("--language", default="en")
   a = ap.parse_args()
-  rows = []
+  if not os.path.isdir(a.run_dir):
+    sys.exit(f"recipe_report: error: {a.run_dir} is not a directory")
+  rows, previous = [], None
   for name, done in _stage_dirs(a.run_dir):
-    row = {"stage": name, "kind": done.get("kind"), "wall_s": round(done.get("wall_s", 0), 1)}
-    records = os.path.join(a.run_dir, name, "records.jsonl")
-    report = os.path.join(a.run_dir, name, "report.json")
-    if os.path.isfile(records) and os.path.isfile(report):
-      with open(report) as f:
-        rep = json.load(f)
-      overall = rep.get("overall", rep)
-      comps, fmt, lens = [], [], []
-      with open(records) as f:
-        for line in f:
-          r = json.loads(line)
-          comps += r["completions"]
-          fmt += r.get("format_ok", [])
-          lens += r.get("lengths", [])
-      # Share of target-language words per completion, over completions with any countable
-      # word (pure "12 + 3 = 15" answers have none; their share is reported separately).
-      counts = [language_consistency(extract_cot(c), a.language) for c in comps]
-      lang = [on / n for on, n in counts if n]
-      row["no_words_fraction"] = float(np.mean([n == 0 for _, n in counts])) if counts else None
-      row.update(problems=len(comps), pass_at_1=overall.get("pass@1"),
-                 format_rate=float(np.mean(fmt)) if fmt else None,
-                 response_len=float(np.mean(lens)) if lens else None,
-                 language_consistency=float(np.mean(lang)) if lang else None)
+    stage_dir = os.path.join(a.run_dir, name)
+    row = {"stage": name, "kind": done.get("kind"), "wall_s": round(done.get("wall_s", 0), 1),
+           "samples_kept": _kept(stage_dir)}
+    figures, per_problem = _eval_figures(stage_dir, a.language)
+    if figures is not None:
+      row.update(figures)
+      if previous is not None:
+        prev_name, prev = previous
+        common = sorted(set(prev) & set(per_problem))
+        if common:
+          t = paired_test([per_problem[k] for k in common], [prev[k] for k in common])
+          row["vs_previous"] = dict(t, stage=prev_name)
+      previous = (name, per_problem)
     rows.append(row)
-  print("| stage | kind | wall | pass@1 | format | length | language consistency | no words |")
-  print("|---|---|---|---|---|---|---|---|")
-  fmt = lambda v, p=False: "-" if v is None else (f"{100 * v:.1f} %" if p else f"{v:.1f}")
+
+  pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
+  print("| stage | kind | wall | pass@1 % [95% CI] | cons@n % | vs previous eval (pp, p) "
+        "| format % | length | language % | kept |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    print(f"| {r['stage']} | {r['kind']} | {r['wall_s']:.0f} s | {fmt(r.get('pass_at_1'), True)} "
-          f"| {fmt(r.get('format_rate'), True)} | {fmt(r.get('response_len'))} "
-          f"| {fmt(r.get('language_consistency'), True)} "
-          f"| {fmt(r.get('no_words_fraction'), True)} |")
+    p1 = "-"
+    if r.get("pass_at_1") is not None:
+      lo, hi = r["pass_at_1_ci95"]
+      p1 = f"{pct(r['pass_at_1'])} [{pct(lo)}, {pct(hi)}] (n={r['samples_per_problem']}, " \
+           f"{r['problems']} problems)"
+    vs = r.get("vs_previous")
+    vs = "-" if vs is None else (f"{100 * vs['diff']:+.1f} [{100 * vs['diff_low']:+.1f}, "
+                                 f"{100 * vs['diff_high']:+.1f}], p={vs['p_value']:.3g} vs "
+                                 f"{vs['stage']}")
+    length = "-" if r.get("response_len") is None else f"{r['response_len']:.1f}"
+    kept = "-" if r.get("samples_kept") is None else str(r["samples_kept"])
+    print(f"| {r['stage']} | {r['kind']} | {r['wall_s']:.0f} s | {p1} | "
+          f"{pct(r.get('cons_at_n'))} | {vs} | {pct(r.get('format_rate'))} | {length} | "
+          f"{pct(r.get('language_consistency'))} | {kept} |")
   print(json.dumps({"run_dir": a.run_dir, "stages": rows}))
 
 

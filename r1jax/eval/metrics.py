@@ -7,6 +7,8 @@ docs/method.md "Evaluation").
   numerically stable product form 1 - prod_{i=0}^{k-1} (n-c-i) / (n-i).
 - cons@N: majority vote over the N extracted answers, equivalent answers voting together
   ("1/2", "0.5" and "\\frac{1}{2}" are one vote), accuracy of the voted answer.
+- Intervals and paired tests over problems (`mean_interval`, `paired_test`): the problem,
+  not the sample, is the independent unit.
 """
 
 from __future__ import annotations
@@ -106,3 +108,68 @@ def majority_vote(answers: Sequence[Optional[str]],
 @functools.lru_cache(maxsize=65536)
 def _cached_math_equivalent(a: str, b: str) -> bool:
   return _math_equivalent(a, b)
+
+
+def mean_interval(values, level: float = 0.95) -> tuple[float, float, float]:
+  """Mean over problems with its normal-approximation interval (central limit theorem).
+
+  Pass the per-problem scores (e.g. each problem's fraction of correct samples): the n
+  samples of a problem are correlated, so the problem is the independent unit.
+
+  Args:
+    values: [P] float per-problem scores (P >= 1).
+    level: two-sided confidence level in (0, 1).
+
+  Returns:
+    (mean, low, high) floats; low = high = mean when P < 2.
+
+  Raises:
+    ValueError: no values, or level outside (0, 1).
+  """
+  import statistics
+  v = np.asarray(values, np.float64).reshape(-1)
+  if v.size == 0 or not 0 < level < 1:
+    raise ValueError(f"mean_interval needs values and 0 < level < 1 (got {v.size}, {level})")
+  m = float(v.mean())
+  if v.size < 2:
+    return m, m, m
+  half = statistics.NormalDist().inv_cdf(0.5 + level / 2) * v.std(ddof=1) / np.sqrt(v.size)
+  return m, m - float(half), m + float(half)
+
+
+def paired_test(after, before, level: float = 0.95, num_flips: int = 20000,
+                seed: int = 0) -> dict:
+  """Paired comparison of two evaluations of the same problems (e.g. two recipe stages).
+
+  d_p = after_p - before_p per problem; reports its mean with a normal-approximation
+  interval and the two-sided p-value of the sign-flip permutation test of mean(d) = 0
+  (under the null each d_p is as likely to have the other sign; Fisher 1935): exact over
+  all 2^P sign patterns when P <= 16, else Monte Carlo with `num_flips` random patterns
+  (p = (1 + #{|mean| >= observed}) / (1 + num_flips)).
+
+  Args:
+    after, before: [P] per-problem scores, aligned (same problem at each index).
+    level: confidence level of the interval; num_flips, seed: the Monte Carlo test.
+
+  Returns:
+    {"problems", "diff", "diff_low", "diff_high", "p_value"} (floats, problems int).
+
+  Raises:
+    ValueError: shapes that differ or no problems.
+  """
+  a = np.asarray(after, np.float64).reshape(-1)
+  b = np.asarray(before, np.float64).reshape(-1)
+  if a.shape != b.shape or a.size == 0:
+    raise ValueError(f"paired_test needs two equal-length score lists, got {a.size} and "
+                     f"{b.size}")
+  d = a - b
+  mean, low, high = mean_interval(d, level)
+  obs = abs(d.mean()) - 1e-12  # ties count as "at least as extreme"
+  if d.size <= 16:
+    signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+    p = float(np.mean(np.abs(signs @ d / d.size) >= obs))
+  else:
+    signs = np.random.default_rng(seed).choice([-1.0, 1.0], size=(num_flips, d.size))
+    p = float((1 + np.sum(np.abs(signs @ d / d.size) >= obs)) / (1 + num_flips))
+  return {"problems": int(d.size), "diff": mean, "diff_low": low, "diff_high": high,
+          "p_value": p}

@@ -27,7 +27,7 @@ from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
 from r1jax.data.templates import render_prompt, response_prefix
-from r1jax.eval.metrics import majority_vote, pass_at_k
+from r1jax.eval.metrics import majority_vote, mean_interval, pass_at_k
 from r1jax.rewards import RewardComputer, format_ok
 from r1jax.rewards.parsing import extract_answer
 from r1jax.tokenizer import Tokenizer
@@ -63,6 +63,8 @@ def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
   P, n = correct.shape
   c = correct.sum(axis=1).astype(np.int64)
   out = {"problems": P, "samples_per_problem": n, "pass@1": float(correct.mean())}
+  # 95% interval over problems (the n samples of a problem are not independent).
+  out["pass1_ci95"] = list(mean_interval(correct.mean(axis=1))[1:])
   for k in ks:
     if k <= n:
       out[f"pass@{k}"] = float(pass_at_k(np.full(P, n), c, k).mean())
@@ -88,7 +90,10 @@ def _markdown(report: dict) -> str:
            f"wall time {report['wall_s'] / 60:.1f} min.", "",
            "| dataset | " + " | ".join(keys) + " |", "|" + " --- |" * (len(keys) + 1)]
   for name, r in list(rows.items()) + [("overall", report["overall"])]:
-    lines.append(f"| {name} | " + " | ".join(fmt(k, r[k]) if k in r else "" for k in keys) + " |")
+    cell = lambda k: "" if k not in r else fmt(k, r[k]) + (
+        f" [{100 * r['pass1_ci95'][0]:.1f}, {100 * r['pass1_ci95'][1]:.1f}]"
+        if k == "pass@1" and "pass1_ci95" in r else "")
+    lines.append(f"| {name} | " + " | ".join(cell(k) for k in keys) + " |")
   return "\n".join(lines) + "\n"
 
 

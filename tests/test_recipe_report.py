@@ -1,0 +1,55 @@
+"""tools/recipe_report.py on a hand-made pipeline directory: per-stage figures, the 95%
+interval, cons@n, the paired test against the previous evaluation, samples kept."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _stage(run, name, kind, finished, wall, records=None, summary=None):
+  d = run / name
+  d.mkdir(parents=True)
+  (d / "DONE").write_text(json.dumps({"kind": kind, "finished_at": finished, "wall_s": wall}))
+  if records is not None:
+    with open(d / "records.jsonl", "w") as f:
+      for r in records:
+        f.write(json.dumps(r) + "\n")
+  if summary is not None:
+    (d / "summary.json").write_text(json.dumps(summary))
+
+
+def _records(correct, text="<think> the sum is found step by step </think> <answer> 3 </answer>"):
+  return [{"dataset": "d", "id": i, "correct": c, "cons_correct": float(np.mean(c) > 0.5),
+           "completions": [text] * len(c), "format_ok": [True] * len(c),
+           "lengths": [10] * len(c)} for i, c in enumerate(correct)]
+
+
+def test_recipe_report_table_and_paired_test(tmp_path):
+  run = tmp_path / "run"
+  before = [[0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]] * 5  # 20 problems
+  after = [[1, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0], [0, 1, 0, 0]] * 5
+  _stage(run, "cold_start", "sft", "2026-01-01T00:00:01", 60.0)
+  _stage(run, "eval_cold_start", "eval", "2026-01-01T00:00:02", 30.0, _records(before))
+  _stage(run, "rejection", "rejection_sampling", "2026-01-01T00:00:03", 90.0,
+         summary={"records": {"reasoning": 321, "non_reasoning": 5}})
+  _stage(run, "eval_rl", "eval", "2026-01-01T00:00:04", 30.0, _records(after))
+  r = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "recipe_report.py"), str(run)],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  rows = {s["stage"]: s for s in out["stages"]}
+  assert [s["stage"] for s in out["stages"]] == ["cold_start", "eval_cold_start", "rejection",
+                                                "eval_rl"]
+  assert rows["rejection"]["samples_kept"] == 321
+  b, a = rows["eval_cold_start"], rows["eval_rl"]
+  assert b["pass_at_1"] == 0.1875 and a["pass_at_1"] == 0.5 and a["problems"] == 20
+  assert b["pass_at_1_ci95"][0] < 0.1875 < b["pass_at_1_ci95"][1]
+  assert a["cons_at_n"] == 0.5 and a["language_consistency"] == 1.0
+  vs = a["vs_previous"]
+  assert vs["stage"] == "eval_cold_start" and abs(vs["diff"] - 0.3125) < 1e-12
+  assert vs["p_value"] < 1e-3  # every problem's difference is >= 0, most > 0
+  assert "| eval_rl | eval | 30 s | 50.0 [" in r.stdout and "p=" in r.stdout
