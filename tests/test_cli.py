@@ -1,5 +1,5 @@
-"""End-to-end command line: generation from the default model, the tiny GRPO job, the
-packaged configs outside a checkout, user reward modules, and one-line user errors."""
+"""End-to-end command line: generation from the default model, the tiny GRPO job with the
+packaged configs outside a checkout and a user reward module, and one-line user errors."""
 import json
 import os
 import subprocess
@@ -27,36 +27,29 @@ def test_generate_prints_a_chat_completion(default_gguf_path):
   assert "tok/s" in r.stderr
 
 
-def test_tiny_grpo_job_writes_metrics_and_checkpoint(tmp_path):
-  run_dir = tmp_path / "run"
-  r = _run(["--config=configs/grpo.py:tiny", f"--config.run_dir={run_dir}", "--config.steps=2",
-            "--config.rl.num_generations=4", "--config.rl.prompts_per_step=2",
-            "--config.rl.micro_batch_prompts=1"])
-  assert r.returncode == 0, r.stderr[-3000:]
-  rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
-  assert [r["step"] for r in rows if "loss" in r] == [1, 2]
-  assert any(k.startswith("eval/") for r in rows for k in r)
-  assert "2" in os.listdir(run_dir / "checkpoints")  # the final step is always saved
-  assert (run_dir / "samples.jsonl").exists() and list((run_dir / "tensorboard").iterdir())
-
-
-def test_packaged_configs_and_user_reward_modules_outside_a_checkout(tmp_path):
-  """From another directory (as after pip install), configs/grpo.py:tiny is the packaged
-  config, and --config.rewards.modules imports a user module whose registered reward the
-  spec names."""
+def test_tiny_grpo_job_outside_a_checkout_with_a_user_reward(tmp_path):
+  """The tiny GRPO job from another directory (as after pip install: configs/grpo.py:tiny is
+  the packaged config), with --config.rewards.modules importing a user module whose
+  registered reward the spec names: metrics of both steps, held-out evaluation, the final
+  checkpoint, samples and TensorBoard events."""
   (tmp_path / "my_rewards.py").write_text(
       "from r1jax.rewards import register\n"
       "@register('shortness')\n"
       "def shortness(completion, example):\n"
       "  return 1.0 / (1.0 + len(completion))\n")
   run_dir = tmp_path / "run"
-  r = _run(["--config=configs/grpo.py:tiny", f"--config.run_dir={run_dir}", "--config.steps=1",
-            "--config.rewards.modules=my_rewards", "--config.rewards.spec=shortness:1.0",
-            "--config.eval.at_start=False", "--config.data.eval_size=0"], cwd=tmp_path,
+  r = _run(["--config=configs/grpo.py:tiny", f"--config.run_dir={run_dir}", "--config.steps=2",
+            "--config.rl.num_generations=4", "--config.rl.prompts_per_step=2",
+            "--config.rl.micro_batch_prompts=1", "--config.rewards.modules=my_rewards",
+            "--config.rewards.spec=shortness:1.0,format:0.5"], cwd=tmp_path,
            PYTHONPATH=str(tmp_path))
   assert r.returncode == 0, r.stderr[-3000:]
-  row = [json.loads(l) for l in open(run_dir / "metrics.jsonl") if '"loss"' in l][0]
-  assert 0 < row["reward/shortness"] < 1
+  rows = [json.loads(l) for l in open(run_dir / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+  assert all(0 < r["reward/shortness"] < 1 for r in rows if "loss" in r)
+  assert any(k.startswith("eval/") for r in rows for k in r)
+  assert "2" in os.listdir(run_dir / "checkpoints")  # the final step is always saved
+  assert (run_dir / "samples.jsonl").exists() and list((run_dir / "tensorboard").iterdir())
 
 
 BAD_INPUTS = [
