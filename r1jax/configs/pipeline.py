@@ -74,9 +74,11 @@ def get_config(variant: str = "") -> ConfigDict:
   c.stages.sft = stage("sft.py", model_from="base", data_from="rejection_sampling",
                        steps=0, num_epochs=2.0)
   # Preference reward model for the general prompts of stage 4, initialised from the stage-3
-  # SFT model; needs --config.stages.reward_model.overrides.data.train_jsonl=prefs.jsonl.
+  # SFT model; needs --config.stages.reward_model.overrides.data.train_jsonl=prefs.jsonl
+  # (the key is listed here because the command line can only set keys that exist; other
+  # stage keys go in a pipeline file of your own, as configs/r1_small.py does).
   c.stages.reward_model = stage("reward_model.py", model_from="sft",
-                                model_output="reward_model")
+                                model_output="reward_model", data=dict(train_jsonl=""))
   c.stages.all_scenario_rl = stage("all_scenario_rl.py", model_from="sft",
                                    inputs="rewards.helpfulness_rm=reward_model")
   c.stages.distill = stage("distill.py", data_from="rejection_sampling", enabled=False)
