@@ -62,6 +62,33 @@ def test_steps_template_and_its_config():
   assert grpo_stage.validate_config(c).grpo.aggregation == "dr_grpo"
 
 
+def test_reasoning_recipe_config_wiring():
+  """configs/r1_reasoning.py: every evaluation and the rejection sampling use the RL run's
+  task settings (so "heldout" is the split the RL run held out), the RL template for the
+  base and RL models, the chat template for the SFT'd base, and the stage-3 SFT starts
+  from the base model on the rejection-sampling output."""
+  from r1jax import configs
+  from r1jax.stages import pipeline as pipeline_stage
+  c = configs.load("r1_reasoning")
+  rl = configs.load("grpo_reasoning")
+  pipeline_stage.validate_config(c)
+  names = [n.strip() for n in c.order.split(",")]
+  outs = {n: {"model": f"/m/{n}", "data": f"/d/{n}.jsonl"} for n in names}
+  got = {n: pipeline_stage.stage_config(c, n, outs) for n in names}
+  for n in names:
+    if got[n].stage in ("eval", "rejection_sampling"):
+      assert got[n].data.tasks == rl.data.tasks, n
+      assert got[n].data.task_configs.chain_sum == rl.data.task_configs.chain_sum, n
+      assert got[n].data.template == got[n].template, n
+      assert got[n].sampling.stop_strings == rl.rl.stop_strings, n
+  assert got["eval_base"].template == got["eval_reasoning_rl"].template == rl.data.template
+  assert got["eval_sft"].template == got["eval_base_chat"].template == "chat"
+  assert got["eval_base"].num_samples >= 4 and got["eval_base"].data.eval_size >= 200
+  assert got["sft"].model == c.model and got["sft"].data.train_jsonl == "/d/rejection_sampling.jsonl"
+  assert got["rejection_sampling"].model == "/m/reasoning_rl"
+  assert got["eval_sft"].model == "/m/sft"
+
+
 def test_chat_templates_render(tok):
   q = "Calculate 5 + 3."
   chat = render_prompt(q, "chat", tok)

@@ -30,6 +30,10 @@ def get_config(variant: str = "") -> ConfigDict:
   c.data.template = "r1_zero_steps_1shot"
   c.data.eval_size = 200
   c.rl.max_new_tokens = 96
+  # The template is a User/Assistant transcript: a base model that skips the answer tags runs
+  # on into the next "User:" turn. Cutting there keeps the response length a measure of the
+  # reasoning, not of rambling (the signature is read off this length).
+  c.rl.stop_strings = "</answer>,User:"
   c.rl.beta = 0.0
   c.rl.loss_aggregation = "dr_grpo"
   c.optim.learning_rate = 2e-5
