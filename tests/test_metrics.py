@@ -239,6 +239,30 @@ def test_plot_run_two_runs(tmp_path, capsys):
   _check_png(out)
 
 
+def test_plot_run_chosen_panels_and_heldout_lengths(tmp_path, capsys):
+  """--panels draws only the named panels, in that order; the GRPO stage's held-out
+  lengths (eval/response_len_greedy|sampled) land in the length panel; an unknown panel is
+  a one-line error."""
+  from r1jax.train import plots
+  plot_run = _load_plot_run()
+  run = tmp_path / "run"
+  synthetic_run(run, steps=12, eval_every=4)
+  with M.MetricsWriter(run, tensorboard=False) as w:
+    w.write(11, {"response_len_greedy": 40.0, "response_len_sampled": 55.0}, prefix="eval/")
+  length = next(p for p in plots.PANELS if p.name == "response_len")
+  keys = [k for k, _ in plots.panel_keys(length, plots.load_series(M.read_metrics(run)))]
+  assert keys == ["response_len_mean", "response_len_max", "eval/response_len_greedy",
+                  "eval/response_len_sampled"]
+  out = tmp_path / "sig.png"
+  assert plot_run.main([str(run), "--out", str(out), "--panels",
+                        "response_len,accuracy"]) == 0
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["panels"] == ["response_len", "accuracy"]
+  _check_png(out)
+  assert plot_run.main([str(run), "--panels", "accuracy,nope"]) == 2
+  assert "unknown panel(s) nope" in capsys.readouterr().err
+
+
 def test_load_series_dedups_and_smooth():
   from r1jax.train import plots as plot_run
   recs = [{"step": 0, "a": 1.0}, {"step": 1, "a": 2.0}, {"step": 1, "a": 5.0},

@@ -3,6 +3,7 @@
   python tools/plot_run.py runs/r1zero                    # -> runs/r1zero/curves.png
   python tools/plot_run.py runs/r1zero --smooth 20 --out /tmp/r1zero.png
   python tools/plot_run.py runs/a runs/b --out cmp.png    # overlay, labels = dir names
+  python tools/plot_run.py runs/grpo_reasoning --panels accuracy,response_len --smooth 10
 
 A thin wrapper of r1jax.train.plots (the panels are listed there). Prints the PNG path, then
 one JSON line {"out", "steps", "panels", ...}.
@@ -31,6 +32,9 @@ def main(argv=None) -> int:
   ap.add_argument("--smooth", type=int, default=0, metavar="N",
                   help="moving average over N steps (raw curve drawn faint)")
   ap.add_argument("--title", default=None, help="figure title (default: run names)")
+  ap.add_argument("--panels", default=None, metavar="A,B",
+                  help="comma-separated panels to draw, in this order (default: all with "
+                  "data), e.g. accuracy,response_len for the R1-Zero signature")
   args = ap.parse_args(argv)
 
   run_dirs = []
@@ -49,7 +53,12 @@ def main(argv=None) -> int:
     out = first / ("curves.png" if len(run_dirs) == 1 else "compare.png")
   with warnings.catch_warnings():
     warnings.simplefilter("always")  # show read_metrics' truncated-line warnings every time
-    summary = plot_runs(run_dirs, out, smooth_n=args.smooth, title=args.title)
+    panels = [p.strip() for p in args.panels.split(",") if p.strip()] if args.panels else None
+    try:
+      summary = plot_runs(run_dirs, out, smooth_n=args.smooth, title=args.title, panels=panels)
+    except ValueError as e:
+      print(f"plot_run: error: {e}", file=sys.stderr)
+      return 2
   print(summary["out"])
   print(json.dumps(summary))
   return 0

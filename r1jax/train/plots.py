@@ -16,7 +16,7 @@ import dataclasses
 import logging
 import math
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -49,7 +49,8 @@ PANELS = (
          ("eval/accuracy_sampled", "marker"), ("eval/accuracy*", "marker"))),
   Panel("response_len", "Mean response length", "tokens",
         (("response_len_mean", "line"), ("response_len_max", "light"),
-         ("eval/response_len_mean*", "marker"))),
+         ("eval/response_len_greedy", "marker"), ("eval/response_len_sampled", "marker"),
+         ("eval/response_len*", "marker"))),
   Panel("reward", "Reward", "reward", (("reward", "line"), ("reward/*", "line"))),
   Panel("format_rate", "Format rate", "fraction well formatted",
         (("format_rate", "line"), ("eval/format_rate_greedy", "marker"),
@@ -197,8 +198,20 @@ def _draw_panel(ax, panel: Panel, runs: list[tuple[str, dict]], smooth_n: int) -
   return n
 
 
-def plot_runs(run_dirs, out, *, smooth_n: int = 0, title: str | None = None) -> dict:
-  """Draw the curves of `run_dirs` into the PNG `out`; returns the summary dict."""
+def plot_runs(run_dirs, out, *, smooth_n: int = 0, title: str | None = None,
+              panels: Optional[Sequence[str]] = None) -> dict:
+  """Draw the curves of `run_dirs` into the PNG `out`; returns the summary dict.
+
+  Args:
+    panels: names of PANELS to draw, in this order (None = every panel with data).
+
+  Raises:
+    ValueError: an unknown panel name.
+  """
+  known = [p.name for p in PANELS]
+  unknown = [p for p in (panels or ()) if p not in known]
+  if unknown:
+    raise ValueError(f"unknown panel(s) {', '.join(unknown)} (known: {', '.join(known)})")
   run_dirs = [pathlib.Path(d) for d in run_dirs]
   dirs = [d if d.is_dir() else d.parent for d in run_dirs]  # a metrics.jsonl path works too
   labels = run_labels([d.resolve() for d in dirs])
@@ -210,7 +223,8 @@ def plot_runs(run_dirs, out, *, smooth_n: int = 0, title: str | None = None) -> 
     for steps, _ in series.values():
       all_steps.update(int(s) for s in steps)
 
-  panels = [p for p in PANELS if any(panel_keys(p, s) for _, s in runs)]
+  chosen = [next(p for p in PANELS if p.name == name) for name in panels] if panels else PANELS
+  panels = [p for p in chosen if any(panel_keys(p, s) for _, s in runs)]
   n = max(1, len(panels))
   ncols = 1 if n == 1 else 2 if n <= 4 else 3
   nrows = math.ceil(n / ncols)
