@@ -386,3 +386,13 @@ def test_reported_statistics_are_token_means(aggregation):
                      jnp.asarray(G.token_mean_weights(mask)))
   np.testing.assert_allclose(float(m["entropy"]), ent[mask > 0].mean(), rtol=1e-5)
   np.testing.assert_allclose(float(m["ratio_mean"]), 1.0, rtol=1e-6)
+
+
+def test_length_breakdown_separates_finished_and_correct_responses():
+  """Hand-computed: lengths 96 (cut at the budget), 20 and 40 (stopped); 20 is correct."""
+  got = rollouts.length_breakdown([96, 20, 40], [False, True, True], [0.0, 1.0, 0.0])
+  assert got == {"response_len_finished": 30.0, "response_len_correct": 20.0}
+  got = rollouts.length_breakdown(np.array([[96, 96]]), np.array([[False, False]]),
+                                  np.zeros(2), suffix="_greedy")
+  assert got == {}  # nothing finished, nothing correct: no key (not a misleading 0)
+  assert rollouts.length_breakdown([5, 7], [True, True]) == {"response_len_finished": 6.0}

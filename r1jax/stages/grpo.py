@@ -264,7 +264,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
   metrics, samples = {}, []
   for mode, temperature in (("greedy", 0.0), ("sampled", config.eval.temperature)):
     sp = dataclasses.replace(train_sp, temperature=temperature, top_p=1.0, top_k=0)
-    acc, fmt, lens, calls = [], [], [], []
+    acc, fmt, lens, fins, calls = [], [], [], [], []
     for i in range(0, len(examples), config.eval.batch_size):
       chunk = examples[i:i + config.eval.batch_size]
       out = sampler(params, [ex["prompt_ids"] for ex in chunk], jax.random.fold_in(key, i),
@@ -273,6 +273,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
       acc.extend(rewards.heldout_accuracy(texts, chunk).tolist())
       fmt.extend(format_ok(t) for t in texts)
       lens.extend(out.lengths[:, 0].tolist())
+      fins.extend(np.asarray(out.finished)[:, 0].tolist())
       calls.extend(np.asarray(getattr(out, "num_calls", np.zeros_like(out.lengths)))[:, 0])
       if mode == "greedy" and i == 0:
         samples = [{"split": "eval", "question": ex["question"], "answer": ex["answer"],
@@ -281,6 +282,7 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
     metrics[f"accuracy_{mode}"] = float(np.mean(acc))
     metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
     metrics[f"response_len_{mode}"] = float(np.mean(lens))
+    metrics.update(ro_lib.length_breakdown(lens, fins, acc, suffix=f"_{mode}"))
     if hasattr(sampler, "settings"):  # tool rollouts
       metrics.update(tools_lib.eval_metrics(calls, acc, mode))
   metrics["num_examples"] = len(examples)

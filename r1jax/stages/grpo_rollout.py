@@ -168,6 +168,33 @@ def select_groups(pool: list[Rollout], kept, G, sampler) -> Rollout:
                  sum(r.seconds_rollout for r in pool), sum(r.seconds_reward for r in pool))
 
 
+def length_breakdown(lengths, finished, accuracy=None, suffix: str = "") -> dict[str, float]:
+  """Mean response length (tokens) of the finished samples (stopped by a stop token or
+  string, not cut at max_new_tokens) and of the correct ones (accuracy >= 1); a key is left
+  out when no sample qualifies.
+
+  The mean over all samples mixes reasoning length with rambling cut at the budget: a base
+  model that never closes its answer is "long" at step 0, so learning to stop lowers the
+  mean even while the reasoning of the finished responses grows (R1-Zero's signature,
+  DeepSeek-R1 figure 3, is about the latter).
+
+  Args:
+    lengths: [N] completion lengths in tokens.
+    finished: [N] bool.
+    accuracy: [N] accuracy reward per sample, or None.
+  """
+  lengths = np.asarray(lengths, np.float64).reshape(-1)
+  out = {}
+  fin = np.asarray(finished, bool).reshape(-1)
+  if fin.any():
+    out[f"response_len_finished{suffix}"] = float(lengths[fin].mean())
+  if accuracy is not None:
+    ok = np.asarray(accuracy, np.float64).reshape(-1) >= 1.0
+    if ok.any():
+      out[f"response_len_correct{suffix}"] = float(lengths[ok].mean())
+  return out
+
+
 def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
   """Metrics of a step from its (global) rollout and the update's metrics `m`."""
   lengths = ro.out.lengths.reshape(-1)
@@ -182,6 +209,8 @@ def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
              "truncation_rate": float(1.0 - ro.out.finished.mean()),
              "reward_timeouts": int(res.timed_out.sum()), "reward_errors": int(res.errors.sum()),
              "lr": float(lr)}
+  metrics.update(length_breakdown(lengths, ro.out.finished.reshape(-1),
+                                  res.per_function.get("accuracy")))
   for k, v in res.per_function.items():
     metrics[f"reward/{k}"] = float(v.mean())
   metrics.update(ro.stats)

@@ -49,6 +49,7 @@ PANELS = (
          ("eval/accuracy_sampled", "marker"), ("eval/accuracy*", "marker"))),
   Panel("response_len", "Mean response length", "tokens",
         (("response_len_mean", "line"), ("response_len_max", "light"),
+         ("response_len_finished", "line"), ("response_len_correct", "line"),
          ("eval/response_len_greedy", "marker"), ("eval/response_len_sampled", "marker"),
          ("eval/response_len*", "marker"))),
   Panel("reward", "Reward", "reward", (("reward", "line"), ("reward/*", "line"))),
