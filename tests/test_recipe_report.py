@@ -53,3 +53,35 @@ def test_recipe_report_table_and_paired_test(tmp_path):
   assert vs["stage"] == "eval_cold_start" and abs(vs["diff"] - 0.3125) < 1e-12
   assert vs["p_value"] < 1e-3  # every problem's difference is >= 0, most > 0
   assert "| eval_rl | eval | 30 s | 50.0 [" in r.stdout and "p=" in r.stdout
+
+
+def test_recipe_report_chosen_pairs_and_finished_length(tmp_path):
+  """--pairs adds paired tests of chosen stages (not only against the previous one); the
+  length of finished responses leaves out those cut at the budget; a bad pair is a
+  one-line error."""
+  run = tmp_path / "run"
+  base = [[0, 0, 0, 0]] * 8
+  rl = [[1, 1, 0, 1]] * 8
+  sft = [[1, 1, 1, 1]] * 8
+  recs = _records(sft)
+  for r in recs:
+    r["lengths"], r["finished"] = [10, 20, 96, 30], [True, True, False, True]
+  _stage(run, "eval_base", "eval", "2026-01-01T00:00:01", 1.0, _records(base))
+  _stage(run, "eval_rl", "eval", "2026-01-01T00:00:02", 1.0, _records(rl))
+  _stage(run, "eval_sft", "eval", "2026-01-01T00:00:03", 1.0, recs)
+  tool = os.path.join(ROOT, "tools", "recipe_report.py")
+  r = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_sft:eval_base"],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  (t,) = out["paired_tests"]
+  assert (t["stage"], t["baseline"], t["problems"]) == ("eval_sft", "eval_base", 8)
+  assert t["diff"] == 1.0 and t["p_value"] < 0.01  # 8 of 8 problems up: exact p = 2 / 2^8
+  rows = {s["stage"]: s for s in out["stages"]}
+  assert rows["eval_sft"]["response_len_finished"] == 20.0
+  assert rows["eval_sft"]["response_len"] == 39.0
+  assert rows["eval_sft"]["vs_previous"]["stage"] == "eval_rl"
+  assert "| eval_sft | eval_base | +100.0 [" in r.stdout
+  bad = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_sft:nope"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "no finished evaluation stage nope" in bad.stderr

@@ -7,6 +7,8 @@ r1jax.rewards.language) and a paired sign-flip test against the previous evaluat
 same problems (r1jax.eval.paired_test).
 
   python tools/recipe_report.py runs/r1_small [--language en]
+  python tools/recipe_report.py runs/r1_reasoning \
+      --pairs eval_sft:eval_reasoning_rl,eval_sft:eval_base_chat   # chosen paired tests too
 
 Prints a markdown table, then one JSON object (the last line).
 """
@@ -58,8 +60,16 @@ def _eval_figures(stage_dir, language):
           "cons_at_n": float(np.mean([r["cons_correct"] for r in records])),
           "format_rate": float(np.mean([f for r in records for f in r["format_ok"]])),
           "response_len": float(np.mean([x for r in records for x in r["lengths"]])),
+          # Responses that stopped (not cut at the budget): the reasoning, without rambling.
+          "response_len_finished": _finished_len(records),
           "language_consistency": float(np.mean(lang)) if lang else None,
           "no_words_fraction": float(np.mean([k == 0 for _, k in counts]))}, per_problem
+
+
+def _finished_len(records):
+  lens = [x for r in records if "finished" in r
+          for x, f in zip(r["lengths"], r["finished"]) if f]
+  return float(np.mean(lens)) if lens else None
 
 
 def _kept(stage_dir):
@@ -75,10 +85,15 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("run_dir")
   ap.add_argument("--language", default="en")
+  ap.add_argument("--pairs", default="", metavar="A:B,...",
+                  help="extra paired tests of evaluation stage A against stage B")
   a = ap.parse_args()
+  pairs = [tuple(x.split(":", 1)) for x in a.pairs.split(",") if x.strip()]
+  if any(len(p) != 2 or not all(p) for p in pairs):
+    sys.exit(f"recipe_report: error: --pairs must be A:B[,C:D...], got {a.pairs!r}")
   if not os.path.isdir(a.run_dir):
     sys.exit(f"recipe_report: error: {a.run_dir} is not a directory")
-  rows, previous = [], None
+  rows, previous, per_stage = [], None, {}
   for name, done in _stage_dirs(a.run_dir):
     stage_dir = os.path.join(a.run_dir, name)
     row = {"stage": name, "kind": done.get("kind"), "wall_s": round(done.get("wall_s", 0), 1),
@@ -86,6 +101,7 @@ def main():
     figures, per_problem = _eval_figures(stage_dir, a.language)
     if figures is not None:
       row.update(figures)
+      per_stage[name] = per_problem
       if previous is not None:
         prev_name, prev = previous
         common = sorted(set(prev) & set(per_problem))
@@ -95,9 +111,22 @@ def main():
       previous = (name, per_problem)
     rows.append(row)
 
+  tests = []
+  for x, y in pairs:
+    missing = [n for n in (x, y) if n not in per_stage]
+    if missing:
+      sys.exit(f"recipe_report: error: --pairs: no finished evaluation stage "
+               f"{', '.join(missing)} in {a.run_dir}")
+    common = sorted(set(per_stage[x]) & set(per_stage[y]))
+    if not common:
+      sys.exit(f"recipe_report: error: --pairs: {x} and {y} share no problem")
+    tests.append(dict(paired_test([per_stage[x][k] for k in common],
+                                  [per_stage[y][k] for k in common]),
+                      stage=x, baseline=y, problems=len(common)))
+
   pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
   print("| stage | kind | wall | pass@1 % [95% CI] | cons@n % | vs previous eval (pp, p) "
-        "| format % | length | language % | kept |")
+        "| format % | length (finished) | language % | kept |")
   print("|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
     p1 = "-"
@@ -110,11 +139,21 @@ def main():
                                  f"{100 * vs['diff_high']:+.1f}], p={vs['p_value']:.3g} vs "
                                  f"{vs['stage']}")
     length = "-" if r.get("response_len") is None else f"{r['response_len']:.1f}"
+    if r.get("response_len_finished") is not None:
+      length += f" ({r['response_len_finished']:.1f})"
     kept = "-" if r.get("samples_kept") is None else str(r["samples_kept"])
     print(f"| {r['stage']} | {r['kind']} | {r['wall_s']:.0f} s | {p1} | "
           f"{pct(r.get('cons_at_n'))} | {vs} | {pct(r.get('format_rate'))} | {length} | "
           f"{pct(r.get('language_consistency'))} | {kept} |")
-  print(json.dumps({"run_dir": a.run_dir, "stages": rows}))
+  if tests:
+    print()
+    print("| stage | against | pass@1 difference, pp [95% CI] | p (paired) | problems |")
+    print("|---|---|---|---|---|")
+    for t in tests:
+      print(f"| {t['stage']} | {t['baseline']} | {100 * t['diff']:+.1f} "
+            f"[{100 * t['diff_low']:+.1f}, {100 * t['diff_high']:+.1f}] | "
+            f"{t['p_value']:.3g} | {t['problems']} |")
+  print(json.dumps({"run_dir": a.run_dir, "stages": rows, "paired_tests": tests}))
 
 
 if __name__ == "__main__":
