@@ -62,15 +62,15 @@ def test_steps_template_and_its_config():
   assert grpo_stage.validate_config(c).grpo.aggregation == "dr_grpo"
 
 
-def test_reasoning_recipe_config_wiring():
-  """configs/r1_reasoning.py: every evaluation and the rejection sampling use the RL run's
-  task settings (so "heldout" is the split the RL run held out), the RL template for the
-  base and RL models, the chat template for the SFT'd base, and the stage-3 SFT starts
-  from the base model on the rejection-sampling output."""
+def test_stage3_recipe_config_wiring():
+  """configs/r1_stage3.py: every evaluation and the rejection sampling use the GRPO job's
+  held-out data settings (so "heldout" is the split the RL run held out), the RL template
+  for the base and RL models, the chat template for the SFT'd base and its baseline, n >= 4
+  on >= 200 problems, and the stage-3 SFT starts from the base on the rejection samples."""
   from r1jax import configs
   from r1jax.stages import pipeline as pipeline_stage
-  c = configs.load("r1_reasoning")
-  rl = configs.load("grpo_reasoning")
+  c = configs.load("r1_stage3")
+  rl = configs.load("grpo")
   pipeline_stage.validate_config(c)
   names = [n.strip() for n in c.order.split(",")]
   outs = {n: {"model": f"/m/{n}", "data": f"/d/{n}.jsonl"} for n in names}
@@ -78,15 +78,16 @@ def test_reasoning_recipe_config_wiring():
   for n in names:
     if got[n].stage in ("eval", "rejection_sampling"):
       assert got[n].data.tasks == rl.data.tasks, n
-      assert got[n].data.task_configs.chain_sum == rl.data.task_configs.chain_sum, n
+      assert got[n].data.task_configs == rl.data.task_configs, n
+      assert got[n].data.seed == rl.data.seed and got[n].seed == rl.seed, n
       assert got[n].data.template == got[n].template, n
-      assert got[n].sampling.stop_strings == rl.rl.stop_strings, n
+      assert got[n].sampling.max_new_tokens == rl.rl.max_new_tokens, n
+  for n in ("eval_base", "eval_reasoning_rl", "eval_base_chat", "eval_sft"):
+    assert got[n].num_samples >= 4 and got[n].data.eval_size == rl.data.eval_size >= 200, n
   assert got["eval_base"].template == got["eval_reasoning_rl"].template == rl.data.template
   assert got["eval_sft"].template == got["eval_base_chat"].template == "chat"
-  assert got["eval_base"].num_samples >= 4 and got["eval_base"].data.eval_size >= 200
   assert got["sft"].model == c.model and got["sft"].data.train_jsonl == "/d/rejection_sampling.jsonl"
-  assert got["rejection_sampling"].model == "/m/reasoning_rl"
-  assert got["eval_sft"].model == "/m/sft"
+  assert got["rejection_sampling"].model == "/m/reasoning_rl" and got["eval_sft"].model == "/m/sft"
 
 
 def test_chat_templates_render(tok):

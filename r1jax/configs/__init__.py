@@ -8,8 +8,8 @@ Modules: common (the shared blocks), grpo (R1-Zero, the default job), grpo_reaso
 R1-Zero signature: accuracy and length rising together), grpo_tools (GRPO with a Python
 tool), reasoning_rl,
 all_scenario_rl, sft, cold_start_sft, distill, reward_model, rejection_sampling, eval,
-generate, pipeline, r1_small (the recipe on CHAMP cold-start data), r1_reasoning (R1-Zero,
-rejection sampling and the SFT of the base on a task where reasoning pays).
+generate, pipeline, r1_small (the recipe on CHAMP cold-start data), r1_stage3 (R1-Zero,
+rejection sampling and the SFT of the base model on its samples).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("grpo", "grpo_reasoning", "grpo_tools", "reasoning_rl", "all_scenario_rl", "sft", "cold_start_sft", "distill",
          "reward_model", "rejection_sampling", "eval", "generate", "pipeline", "r1_small",
-         "r1_reasoning")
+         "r1_stage3")
 
 
 def split_spec(spec: str) -> tuple[str, str]:
