@@ -15,6 +15,18 @@ from r1jax.stages import rejection_sampling as rs
 
 
 
+def test_max_prompts_takes_every_task_of_a_mixed_split():
+  """A multi-task split lists its tasks in blocks: max_prompts must not take only the first
+  task (a prefix did); the subset keeps the original order and depends only on the seed."""
+  exs = [{"id": i, "task": "a" if i < 300 else "b"} for i in range(600)]
+  sub = rs.subset_prompts(exs, 40, seed=0)
+  assert len(sub) == 40 and {e["task"] for e in sub} == {"a", "b"}
+  assert 10 <= sum(e["task"] == "a" for e in sub) <= 30
+  assert [e["id"] for e in sub] == sorted(e["id"] for e in sub)
+  assert sub == rs.subset_prompts(exs, 40, seed=0) != rs.subset_prompts(exs, 40, seed=1)
+  assert rs.subset_prompts(exs, 0, seed=0) == exs == rs.subset_prompts(exs, 600, seed=3)
+
+
 # ---------------------------------------------------------------------- filters
 def test_language_filter_mixed_scripts():
   assert filters.language_ok("Let me add three and four, which gives seven.")

@@ -56,9 +56,20 @@ _FINGERPRINT_FIELDS = ("model", "checkpoint_step", "template", "num_samples", "s
                        "keep_truncated")
 
 
+def subset_prompts(examples: list, n: int, seed: int) -> list:
+  """At most `n` of `examples` (n <= 0: all): a seeded random subset kept in the original
+  order. A prefix would not do: a multi-task train split lists its tasks one after another,
+  so its first n prompts are all of the first task."""
+  if n <= 0 or len(examples) <= n:
+    return list(examples)
+  keep = np.sort(np.random.default_rng(seed).permutation(len(examples))[:n])
+  return [examples[i] for i in keep]
+
+
 def load_prompt_sets(config, tok: Tokenizer) -> dict[str, list[dict]]:
   """name -> examples {id, question, answer, task, metadata}: "train" / "heldout" (splits of
-  config.data), "champ", or .jsonl paths; at most config.max_prompts each (0 = all).
+  config.data), "champ", or .jsonl paths; at most config.max_prompts each (0 = all; a
+  seeded random subset, `subset_prompts`).
 
   Raises:
     ValueError: an unknown set name, or malformed JSONL (with file and line).
@@ -81,7 +92,7 @@ def load_prompt_sets(config, tok: Tokenizer) -> dict[str, list[dict]]:
       raise ValueError(f"unknown prompt set {name!r}: use train, heldout, champ or a .jsonl path")
     if name in out:
       raise ValueError(f"prompt set {name!r} listed twice")
-    out[name] = exs[:config.max_prompts] if config.max_prompts > 0 else exs
+    out[name] = subset_prompts(exs, config.max_prompts, config.get("seed", 0))
   if not out:
     raise ValueError("no prompt sets: set --config.prompts")
   return out
