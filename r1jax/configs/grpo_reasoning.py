@@ -10,7 +10,12 @@ the default job (configs/grpo.py): no KL (beta = 0) and Dr. GRPO's constant leng
 normaliser (Liu et al. 2025, arXiv:2503.20783), so that neither a KL to the short-answering
 start nor per-sequence length normalisation holds the length down; a 96-token budget;
 twice the learning rate (the dr_grpo normaliser divides by the budget, not the length).
-Sized for about 60 minutes on a 2-core CPU.
+Sized for about 60-80 minutes on a 2-core CPU.
+
+Result on the default model (docs/r1_zero_signature.md): over 35 steps held-out greedy
+accuracy rose (5.0 % -> 24.5 %) but length fell (52 -> 21 tokens): the 135M model's
+individual steps are too unreliable for longer reasoning to pay, and the policy learnt to
+answer after one partial sum. The config is the starting point for a larger base model.
 
 Variants: "" and "tiny" (tiny random model, 2 steps: tests).
 """
