@@ -24,7 +24,7 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 NAMES = ("grpo", "grpo_reasoning", "grpo_tools", "reasoning_rl", "all_scenario_rl", "sft", "cold_start_sft", "distill",
          "reward_model", "rejection_sampling", "eval", "generate", "pipeline", "r1_small",
-         "r1_stage3")
+         "r1_stage3", "preference_pairs", "r1_all_scenario")
 
 
 def split_spec(spec: str) -> tuple[str, str]:

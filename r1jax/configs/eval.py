@@ -35,6 +35,10 @@ def get_config() -> ConfigDict:
   c.sampling = common.sampling(temperature=0.6)
   # Problems per sampler call (each prefilled once for its n samples).
   c.batch_size = 16
+  # A helpfulness reward model directory (the reward_model stage's output) scoring the
+  # samples of general prompts (kind "general") on their summary; "" = judge only.
+  c.reward_model = ""
+  c.rm_batch_size = 16
   c.reward_workers = 2
   c.reward_timeout_s = 10.0
   return c

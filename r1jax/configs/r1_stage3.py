@@ -25,7 +25,8 @@ from r1jax.configs.pipeline import stage
 RL_TEMPLATE = "r1_zero_1shot"
 
 
-def _eval(template: str) -> dict:
+def eval_settings(template: str) -> dict:
+  """Overrides of an eval stage: 200 held-out problems x 4 samples, T 0.6, top-p 0.95."""
   return dict(datasets="heldout", num_samples=4, pass_k="1,4", template=template,
               data=dict(template=template, eval_size=200),
               sampling=dict(temperature=0.6, top_p=0.95, max_new_tokens=64))
@@ -38,10 +39,10 @@ def get_config() -> ConfigDict:
              "sft,eval_sft")
   c.final_from = "sft"
   s = ConfigDict()
-  s.eval_base = stage("eval.py", model_from="base", **_eval(RL_TEMPLATE))
+  s.eval_base = stage("eval.py", model_from="base", **eval_settings(RL_TEMPLATE))
   s.reasoning_rl = stage("grpo.py", model_from="base", steps=30,
                          eval=dict(every_steps=0, at_start=False), checkpoint=dict(every_steps=100))
-  s.eval_reasoning_rl = stage("eval.py", model_from="reasoning_rl", **_eval(RL_TEMPLATE))
+  s.eval_reasoning_rl = stage("eval.py", model_from="reasoning_rl", **eval_settings(RL_TEMPLATE))
   s.rejection_sampling = stage(
       "rejection_sampling.py", model_from="reasoning_rl", data_output="train.jsonl",
       # The RL policy is sharp (entropy ~0.15 nats/token): at T = 0.7 most verified samples
@@ -49,10 +50,10 @@ def get_config() -> ConfigDict:
       prompts="train", max_prompts=400, num_samples=4, template=RL_TEMPLATE,
       data=dict(template=RL_TEMPLATE),
       sampling=dict(temperature=1.0, max_new_tokens=64))
-  s.eval_base_chat = stage("eval.py", model_from="base", **_eval("chat"))
+  s.eval_base_chat = stage("eval.py", model_from="base", **eval_settings("chat"))
   s.sft = stage("sft.py", model_from="base", data_from="rejection_sampling", steps=0,
                 num_epochs=2.0, train=dict(batch_size=8, micro_batch_size=8),
                 optim=dict(learning_rate=1e-4), data=dict(seq_len=256, eval_size=8))
-  s.eval_sft = stage("eval.py", model_from="sft", **_eval("chat"))
+  s.eval_sft = stage("eval.py", model_from="sft", **eval_settings("chat"))
   c.stages = s
   return c

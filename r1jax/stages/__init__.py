@@ -16,6 +16,7 @@ STAGES = {
     "pipeline": "r1jax.stages.pipeline",
     "rejection_sampling": "r1jax.stages.rejection_sampling",
     "reward_model": "r1jax.stages.reward_model",
+    "preference_pairs": "r1jax.stages.preference_pairs",
     # Pre-flight: compile a GRPO config's step for its mesh and report memory / FLOPs.
     "plan": "r1jax.stages.plan",
 }

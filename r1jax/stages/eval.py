@@ -5,7 +5,11 @@ r1jax.models.load (a training run directory evaluates its latest checkpoint, or
 
 For every problem: n samples (one prefill per problem, `Sampler` with num_samples = n),
 scored with the training verifier (`accuracy`, binary), answers extracted for the majority
-vote. Per-problem records go to `<run_dir>/records.jsonl` as they are produced, so a killed
+vote. General prompts (records of kind "general", e.g. the all-scenario RL's held-out
+prompts) have no answer: each sample is scored instead by the helpfulness reward model
+(`reward_model`, on the summary after </think>, as in RL) and by the rule judge
+(r1jax.curation.preference_judge), so a reward-model gain can be checked against the judge.
+Per-problem records go to `<run_dir>/records.jsonl` as they are produced, so a killed
 evaluation resumes from them; the report is `report.json` and `report.md`.
 """
 
@@ -26,10 +30,12 @@ from r1jax import sampling
 from r1jax.data import PromptData
 from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
+from r1jax.curation.preference_judge import CRITERIA, judge
 from r1jax.data.templates import render_prompt, response_prefix
 from r1jax.eval.metrics import majority_vote, mean_interval, pass_at_k
 from r1jax.rewards import RewardComputer, format_ok
 from r1jax.rewards.parsing import extract_answer
+from r1jax.rewards.routing import example_kind, final_summary
 from r1jax.tokenizer import Tokenizer
 from r1jax.train import loop
 from r1jax.train import settings as settings_lib
@@ -55,10 +61,35 @@ def load_datasets(config, tok: Tokenizer) -> dict[str, list[dict]]:
   return out
 
 
+def summarize_general(records: list[dict]) -> dict[str, Any]:
+  """Report figures of general-prompt records: judge score and criteria rates, reward-model
+  score (when scored), each mean with a 95% interval over prompts."""
+  n = len(records[0]["judge"])
+  out = {"prompts": len(records), "samples_per_problem": n}
+  judge_score = np.array([[j["score"] for j in r["judge"]] for r in records], np.float64)
+  out["judge_score"] = float(judge_score.mean())
+  out["judge_ci95"] = list(mean_interval(judge_score.mean(axis=1))[1:])
+  for c in CRITERIA:
+    out[f"judge_{c}"] = float(np.mean([j[c] for r in records for j in r["judge"]]))
+  if all("rm_score" in r for r in records):
+    rm = np.array([r["rm_score"] for r in records], np.float64)
+    out["rm_score"] = float(rm.mean())
+    out["rm_ci95"] = list(mean_interval(rm.mean(axis=1))[1:])
+  out["response_len_mean"] = float(np.mean([r["lengths"] for r in records]))
+  out["truncation_rate"] = float(1 - np.mean([r["finished"] for r in records]))
+  return out
+
+
 def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
-  """Report figures of a list of per-problem records (all with the same n)."""
+  """Report figures of a list of per-problem records (all with the same n). A list of
+  general-prompt records (kind "general") is summarised by summarize_general; in a mixed
+  list they are left out."""
   if not records:
     return {"problems": 0}
+  reasoning = [r for r in records if r.get("kind") != "general"]
+  if not reasoning:
+    return summarize_general(records)
+  records = reasoning  # a mixed list (the "overall" row): the reasoning figures
   correct = np.array([r["correct"] for r in records], np.float64)  # [P, n]
   P, n = correct.shape
   c = correct.sum(axis=1).astype(np.int64)
@@ -77,11 +108,14 @@ def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
 
 def _markdown(report: dict) -> str:
   rows = report["datasets"]
-  keys = [k for k in ("problems", "pass@1") if any(k in r for r in rows.values())]
+  keys = [k for k in ("problems", "prompts", "pass@1", "rm_score", "judge_score")
+          if any(k in r for r in rows.values())]
   extra = sorted({k for r in rows.values() for k in r if k.startswith(("pass@", "cons@"))}
                  - set(keys), key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
   keys += extra + ["response_len_mean", "format_rate", "truncation_rate"]
+  keys = [k for k in keys if any(k in r for r in rows.values())]
   fmt = lambda k, v: (f"{100 * v:.1f} %" if k.startswith(("pass", "cons", "format", "trunc"))
+                      else f"{v:.2f}" if k.startswith(("rm_", "judge_"))
                       else f"{v:.1f}" if isinstance(v, float) else str(v))
   lines = [f"# Evaluation of {report['model']}", "",
            f"{report['samples_per_problem']} samples per problem, temperature "
@@ -108,8 +142,9 @@ def run(config) -> dict[str, Any]:
   parallel = settings_lib.ParallelSettings.from_config(config)
   out_dir = config.run_dir
   loop.prepare_run_dir(out_dir, resume="auto")  # creates it; checks it is writable
+  fields = _RECORD_FIELDS + (("reward_model",) if config.get("reward_model") else ())
   fingerprint = {k: (config[k].to_dict() if hasattr(config[k], "to_dict") else config[k])
-                 for k in _RECORD_FIELDS}
+                 for k in fields}
   fp_path = os.path.join(out_dir, "eval_config.json")
   if os.path.exists(fp_path) and json.load(open(fp_path)) != fingerprint:
     raise ValueError(f"{out_dir} holds records of another evaluation "
@@ -143,6 +178,12 @@ def run(config) -> dict[str, Any]:
                                               min_prompt_bucket=32)
   rewards = RewardComputer("accuracy:1.0", num_workers=config.reward_workers,
                            timeout_s=config.reward_timeout_s)
+  scorer = None
+  if config.get("reward_model"):
+    from r1jax.data.preference_data import encode_scoring_input
+    from r1jax.rewards.routing import RewardModelScorer
+    scorer = RewardModelScorer(config.reward_model, encode_fn=encode_scoring_input,
+                               batch_size=config.get("rm_batch_size", 16))
   base_key = jax.random.key(config.seed)
   total = sum(len(v) for v in datasets.values())
   bar = tqdm(total=total, initial=sum(1 for k in done if k[0] in datasets), desc="eval",
@@ -165,9 +206,27 @@ def run(config) -> dict[str, Any]:
                                                  .hexdigest()[:7], 16))
           out = sampler(params, prompts, key, num_samples=n, sampling=sp)
           texts = sampling.decode_completions(tok, out, sp, prefix)
-          acc = rewards.heldout_accuracy([t for ts in texts for t in ts],
-                                         [ex for ex in chunk for _ in range(n)]).reshape(-1, n)
+          general = [example_kind(ex) == "general" for ex in chunk]
+          acc = np.zeros((len(chunk), n))
+          rea = [b for b, g in enumerate(general) if not g]
+          if rea:
+            acc[rea] = rewards.heldout_accuracy(
+                [t for b in rea for t in texts[b]],
+                [chunk[b] for b in rea for _ in range(n)]).reshape(-1, n)
           for b, ex in enumerate(chunk):
+            if general[b]:
+              topic = str((ex.get("metadata") or {}).get("topic", ex.get("topic", "")))
+              r = {"dataset": name, "id": ex["id"], "kind": "general",
+                   "question": ex["question"], "completions": texts[b],
+                   "lengths": out.lengths[b].tolist(), "finished": out.finished[b].tolist(),
+                   "judge": [judge(t, topic, bool(f)) for t, f in
+                             zip(texts[b], out.finished[b].tolist())]}
+              if scorer is not None:
+                r["rm_score"] = scorer.score_texts(
+                    [ex["question"]] * n, [final_summary(t) for t in texts[b]]).tolist()
+              rec_file.write(json.dumps(r) + "\n")
+              done[(name, ex["id"])] = r
+              continue
             answers = [extract_answer(t) for t in texts[b]]
             voted, votes = majority_vote(answers)
             cons = float(acc[b][answers.index(voted)]) if voted is not None else 0.0
@@ -181,11 +240,14 @@ def run(config) -> dict[str, Any]:
             done[(name, ex["id"])] = r
           rec_file.flush()
           bar.update(len(chunk))
-          so_far = [r for r in done.values() if r["dataset"] in datasets]
-          bar.set_postfix({"pass@1": f"{np.mean([np.mean(r['correct']) for r in so_far]):.3f}"})
+          so_far = [r for r in done.values() if r["dataset"] in datasets and "correct" in r]
+          if so_far:
+            bar.set_postfix({"pass@1": f"{np.mean([np.mean(r['correct']) for r in so_far]):.3f}"})
   finally:
     bar.close()
     rewards.close()
+    if scorer is not None:
+      scorer.close()
 
   per = {name: summarize([done[(name, ex["id"])] for ex in exs], ks)
          for name, exs in datasets.items()}
