@@ -49,6 +49,7 @@ def test_recipe_report_table_and_paired_test(tmp_path):
   assert b["pass_at_1"] == 0.1875 and a["pass_at_1"] == 0.5 and a["problems"] == 20
   assert b["pass_at_1_ci95"][0] < 0.1875 < b["pass_at_1_ci95"][1]
   assert a["cons_at_n"] == 0.5 and a["language_consistency"] == 1.0
+  assert a["r1_format_rate"] == 1.0
   vs = a["vs_previous"]
   assert vs["stage"] == "eval_cold_start" and abs(vs["diff"] - 0.3125) < 1e-12
   assert vs["p_value"] < 1e-3  # every problem's difference is >= 0, most > 0
@@ -68,6 +69,8 @@ def test_recipe_report_chosen_pairs_and_finished_length(tmp_path):
     r["lengths"], r["finished"] = [10, 20, 96, 30], [True, True, False, True]
   _stage(run, "eval_base", "eval", "2026-01-01T00:00:01", 1.0, _records(base))
   _stage(run, "eval_rl", "eval", "2026-01-01T00:00:02", 1.0, _records(rl))
+  for r in recs:  # no summary after the reasoning block: not the R1 format
+    r["completions"][0] = "<think> 1 + 2 = 3 </think>  "
   _stage(run, "eval_sft", "eval", "2026-01-01T00:00:03", 1.0, recs)
   tool = os.path.join(ROOT, "tools", "recipe_report.py")
   r = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_sft:eval_base"],
@@ -80,8 +83,55 @@ def test_recipe_report_chosen_pairs_and_finished_length(tmp_path):
   rows = {s["stage"]: s for s in out["stages"]}
   assert rows["eval_sft"]["response_len_finished"] == 20.0
   assert rows["eval_sft"]["response_len"] == 39.0
+  assert rows["eval_sft"]["r1_format_rate"] == 0.75
   assert rows["eval_sft"]["vs_previous"]["stage"] == "eval_rl"
-  assert "| eval_sft | eval_base | +100.0 [" in r.stdout
+  assert "| eval_sft | eval_base | pass@1 +100.0 pp [" in r.stdout
   bad = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_sft:nope"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1 and "no finished evaluation stage nope" in bad.stderr
+
+
+def _general(judge_scores, rm):
+  crit = ("finished", "words", "clean", "on_topic", "fluent")
+  return [{"dataset": "g", "id": i, "kind": "general", "lengths": [5] * len(js),
+           "finished": [True] * len(js), "rm_score": r,
+           "judge": [dict({c: float(k < s) for k, c in enumerate(crit)}, score=float(s))
+                     for s in js]}
+          for i, (js, r) in enumerate(zip(judge_scores, rm))]
+
+
+def test_recipe_report_general_evaluations(tmp_path):
+  """General-prompt evaluations (all-scenario RL): reward-model and judge scores with
+  intervals, paired against the previous general evaluation only; the reasoning chain and
+  the pairs count of a preference_pairs stage are unaffected."""
+  run = tmp_path / "run"
+  _stage(run, "eval_sft", "eval", "2026-01-01T00:00:01", 1.0, _records([[1, 0]] * 6))
+  _stage(run, "preference_pairs", "preference_pairs", "2026-01-01T00:00:02", 5.0,
+         summary={"pairs": 123, "prompts": 256})
+  _stage(run, "eval_sft_general", "eval", "2026-01-01T00:00:03", 2.0,
+         _general([[1, 2]] * 6, [[-1.0, 0.0]] * 6))
+  _stage(run, "eval_asr", "eval", "2026-01-01T00:00:04", 3.0, _records([[1, 1]] * 6))
+  _stage(run, "eval_asr_general", "eval", "2026-01-01T00:00:05", 4.0,
+         _general([[4, 5]] * 6, [[1.0, 2.0]] * 6))
+  tool = os.path.join(ROOT, "tools", "recipe_report.py")
+  r = subprocess.run([sys.executable, tool, str(run), "--pairs",
+                      "eval_asr_general:eval_sft_general"],
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode == 0, r.stderr
+  out = json.loads(r.stdout.strip().splitlines()[-1])
+  rows = {s["stage"]: s for s in out["stages"]}
+  assert rows["preference_pairs"]["samples_kept"] == 123
+  g0, g1 = rows["eval_sft_general"], rows["eval_asr_general"]
+  assert g0["rm_score"] == -0.5 and g1["rm_score"] == 1.5 and g1["judge_score"] == 4.5
+  assert g0["judge_finished"] == 1.0 and g0["judge_words"] == 0.5 and g0["judge_clean"] == 0.0
+  assert "vs_previous" not in g0  # no earlier general evaluation; never against pass@1
+  vs = g1["vs_previous"]
+  assert vs["stage"] == "eval_sft_general" and vs["problems"] == 6
+  assert vs["rm"]["diff"] == 2.0 and vs["judge"]["diff"] == 3.0 and vs["rm"]["p_value"] < 0.05
+  assert rows["eval_asr"]["vs_previous"]["stage"] == "eval_sft"
+  (t,) = out["paired_tests"]
+  assert t["rm"]["diff"] == 2.0 and t["baseline"] == "eval_sft_general"
+  assert "| eval_asr_general | 4 s | 6 x 2 | 1.50 [" in r.stdout
+  bad = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_asr_general:eval_sft"],
+                       capture_output=True, text=True, timeout=120)
+  assert bad.returncode == 1 and "general prompts" in bad.stderr

@@ -1,10 +1,14 @@
 """Per-stage table of a pipeline run (DeepSeek-R1 recipe): the wall time of every stage (its
 DONE marker), the samples kept by rejection sampling (summary.json), and for every
 evaluation stage (eval_*) pass@1 from n samples with its 95% interval over problems,
-cons@n, format rate, mean response length, the language consistency of the reasoning
+cons@n, format rate (R1-Zero tags), R1 format rate (a closed reasoning block, then a
+non-empty summary), mean response length, the language consistency of the reasoning
 (DeepSeek-R1 section 2.3.2: the share of its words in the target language,
 r1jax.rewards.language) and a paired sign-flip test against the previous evaluation on the
-same problems (r1jax.eval.paired_test).
+same problems (r1jax.eval.paired_test). Evaluations of general prompts (all-scenario RL,
+records of kind "general") get their own table: the helpfulness reward-model score and the
+rule judge's score (r1jax.curation.preference_judge) with 95% intervals and paired tests
+against the previous general evaluation.
 
   python tools/recipe_report.py runs/r1_small [--language en]
   python tools/recipe_report.py runs/r1_reasoning \
@@ -24,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from r1jax.curation.filters import summary_ok  # noqa: E402
 from r1jax.eval import mean_interval, paired_test  # noqa: E402
 from r1jax.rewards.language import extract_cot, language_consistency  # noqa: E402
 
@@ -47,6 +52,8 @@ def _eval_figures(stage_dir, language):
   records = [json.loads(l) for l in open(path) if l.strip()]
   if not records:
     return None, None
+  if all(r.get("kind") == "general" for r in records):
+    return _general_figures(records)
   per_problem = {(r["dataset"], r["id"]): float(np.mean(r["correct"])) for r in records}
   comps = [c for r in records for c in r["completions"]]
   # Share of target-language words per completion, over completions with any countable
@@ -59,11 +66,33 @@ def _eval_figures(stage_dir, language):
           "pass_at_1_ci95": [lo, hi],
           "cons_at_n": float(np.mean([r["cons_correct"] for r in records])),
           "format_rate": float(np.mean([f for r in records for f in r["format_ok"]])),
+          # R1's output format: a closed reasoning block, then a non-empty summary.
+          "r1_format_rate": float(np.mean([summary_ok(c) for c in comps])),
           "response_len": float(np.mean([x for r in records for x in r["lengths"]])),
           # Responses that stopped (not cut at the budget): the reasoning, without rambling.
           "response_len_finished": _finished_len(records),
           "language_consistency": float(np.mean(lang)) if lang else None,
           "no_words_fraction": float(np.mean([k == 0 for _, k in counts]))}, per_problem
+
+
+def _general_figures(records):
+  """Figures of a general-prompt evaluation, and per-prompt (rm score, judge score) by
+  (dataset, id)."""
+  judge = {(r["dataset"], r["id"]): float(np.mean([j["score"] for j in r["judge"]]))
+           for r in records}
+  rm = ({(r["dataset"], r["id"]): float(np.mean(r["rm_score"])) for r in records}
+        if all("rm_score" in r for r in records) else None)
+  out = {"general": True, "prompts": len(records),
+         "samples_per_problem": len(records[0]["judge"]),
+         "response_len": float(np.mean([x for r in records for x in r["lengths"]])),
+         "response_len_finished": _finished_len(records)}
+  for name, vals in (("judge_score", judge), ("rm_score", rm)):
+    if vals is not None:
+      m, lo, hi = mean_interval(list(vals.values()))
+      out[name], out[name + "_ci95"] = m, [lo, hi]
+  for c in ("finished", "words", "clean", "on_topic", "fluent"):
+    out[f"judge_{c}"] = float(np.mean([j[c] for r in records for j in r["judge"]]))
+  return out, {"judge": judge, "rm": rm}
 
 
 def _finished_len(records):
@@ -77,8 +106,35 @@ def _kept(stage_dir):
   path = os.path.join(stage_dir, "summary.json")
   if not os.path.isfile(path):
     return None
-  rec = json.load(open(path)).get("records", {})
-  return rec.get("reasoning")
+  summary = json.load(open(path))
+  if "pairs" in summary:  # a preference_pairs stage
+    return summary["pairs"]
+  return summary.get("records", {}).get("reasoning")
+
+
+def _vs(cur, prev, prev_name):
+  """Paired test of an evaluation against an earlier one on their shared problems (pass@1),
+  or for general prompts on the reward-model score (and the judge score); None when they
+  share none."""
+  if "judge" in cur:
+    if "judge" not in prev:
+      return None
+    common = sorted(set(cur["judge"]) & set(prev["judge"]))
+    if not common:
+      return None
+    out = {"stage": prev_name, "problems": len(common), "metric": "judge_score",
+           "judge": paired_test([cur["judge"][k] for k in common],
+                                [prev["judge"][k] for k in common])}
+    if cur["rm"] is not None and prev["rm"] is not None:
+      out["rm"] = paired_test([cur["rm"][k] for k in common], [prev["rm"][k] for k in common])
+    return out
+  if "judge" in prev:
+    return None
+  common = sorted(set(cur) & set(prev))
+  if not common:
+    return None
+  return dict(paired_test([cur[k] for k in common], [prev[k] for k in common]),
+              stage=prev_name, problems=len(common))
 
 
 def main():
@@ -93,7 +149,7 @@ def main():
     sys.exit(f"recipe_report: error: --pairs must be A:B[,C:D...], got {a.pairs!r}")
   if not os.path.isdir(a.run_dir):
     sys.exit(f"recipe_report: error: {a.run_dir} is not a directory")
-  rows, previous, per_stage = [], None, {}
+  rows, previous, per_stage = [], {}, {}
   for name, done in _stage_dirs(a.run_dir):
     stage_dir = os.path.join(a.run_dir, name)
     row = {"stage": name, "kind": done.get("kind"), "wall_s": round(done.get("wall_s", 0), 1),
@@ -102,13 +158,11 @@ def main():
     if figures is not None:
       row.update(figures)
       per_stage[name] = per_problem
-      if previous is not None:
-        prev_name, prev = previous
-        common = sorted(set(prev) & set(per_problem))
-        if common:
-          t = paired_test([per_problem[k] for k in common], [prev[k] for k in common])
-          row["vs_previous"] = dict(t, stage=prev_name)
-      previous = (name, per_problem)
+      kind = "general" if figures.get("general") else "reasoning"
+      if kind in previous:
+        prev_name, prev = previous[kind]
+        row["vs_previous"] = _vs(per_problem, prev, prev_name)
+      previous[kind] = (name, per_problem)
     rows.append(row)
 
   tests = []
@@ -117,18 +171,21 @@ def main():
     if missing:
       sys.exit(f"recipe_report: error: --pairs: no finished evaluation stage "
                f"{', '.join(missing)} in {a.run_dir}")
-    common = sorted(set(per_stage[x]) & set(per_stage[y]))
-    if not common:
+    if isinstance(per_stage[x], dict) and "judge" in per_stage[x]:
+      if not (isinstance(per_stage[y], dict) and "judge" in per_stage[y]):
+        sys.exit(f"recipe_report: error: --pairs: {x} evaluates general prompts, {y} not")
+    t = _vs(per_stage[x], per_stage[y], y)
+    if t is None:
       sys.exit(f"recipe_report: error: --pairs: {x} and {y} share no problem")
-    tests.append(dict(paired_test([per_stage[x][k] for k in common],
-                                  [per_stage[y][k] for k in common]),
-                      stage=x, baseline=y, problems=len(common)))
+    tests.append(dict(t, stage=x, baseline=y))
 
   pct = lambda v: "-" if v is None else f"{100 * v:.1f}"
   print("| stage | kind | wall | pass@1 % [95% CI] | cons@n % | vs previous eval (pp, p) "
-        "| format % | length (finished) | language % | kept |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "| format % | R1 format % | length (finished) | language % | kept |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
+    if r.get("general"):
+      continue
     p1 = "-"
     if r.get("pass_at_1") is not None:
       lo, hi = r["pass_at_1_ci95"]
@@ -143,17 +200,50 @@ def main():
       length += f" ({r['response_len_finished']:.1f})"
     kept = "-" if r.get("samples_kept") is None else str(r["samples_kept"])
     print(f"| {r['stage']} | {r['kind']} | {r['wall_s']:.0f} s | {p1} | "
-          f"{pct(r.get('cons_at_n'))} | {vs} | {pct(r.get('format_rate'))} | {length} | "
+          f"{pct(r.get('cons_at_n'))} | {vs} | {pct(r.get('format_rate'))} | "
+          f"{pct(r.get('r1_format_rate'))} | {length} | "
           f"{pct(r.get('language_consistency'))} | {kept} |")
+  general = [r for r in rows if r.get("general")]
+  if general:
+    ci = lambda r, k: (f"{r[k]:.2f} [{r[k + '_ci95'][0]:.2f}, {r[k + '_ci95'][1]:.2f}]"
+                       if r.get(k) is not None else "-")
+    print()
+    print("| general evaluation | wall | prompts x n | reward-model score [95% CI] | judge score "
+          "(0-5) [95% CI] | vs previous (RM diff, p; judge diff, p) | finished % | words % "
+          "| clean % | on topic % | fluent % | length (finished) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in general:
+      vs = r.get("vs_previous")
+      vs = "-" if vs is None else _general_diff(vs)
+      length = f"{r['response_len']:.1f}" + (
+          f" ({r['response_len_finished']:.1f})" if r.get("response_len_finished") else "")
+      print(f"| {r['stage']} | {r['wall_s']:.0f} s | {r['prompts']} x "
+            f"{r['samples_per_problem']} | {ci(r, 'rm_score')} | {ci(r, 'judge_score')} | {vs} | "
+            + " | ".join(pct(r[f"judge_{c}"]) for c in ("finished", "words", "clean",
+                                                        "on_topic", "fluent"))
+            + f" | {length} |")
   if tests:
     print()
-    print("| stage | against | pass@1 difference, pp [95% CI] | p (paired) | problems |")
+    print("| stage | against | difference [95% CI] | p (paired) | problems |")
     print("|---|---|---|---|---|")
     for t in tests:
-      print(f"| {t['stage']} | {t['baseline']} | {100 * t['diff']:+.1f} "
+      if "judge" in t:
+        print(f"| {t['stage']} | {t['baseline']} | {_general_diff(t)} | | {t['problems']} |")
+        continue
+      print(f"| {t['stage']} | {t['baseline']} | pass@1 {100 * t['diff']:+.1f} pp "
             f"[{100 * t['diff_low']:+.1f}, {100 * t['diff_high']:+.1f}] | "
             f"{t['p_value']:.3g} | {t['problems']} |")
   print(json.dumps({"run_dir": a.run_dir, "stages": rows, "paired_tests": tests}))
+
+
+def _general_diff(t):
+  parts = []
+  for key, name in (("rm", "RM"), ("judge", "judge")):
+    if t.get(key):
+      d = t[key]
+      parts.append(f"{name} {d['diff']:+.2f} [{d['diff_low']:+.2f}, {d['diff_high']:+.2f}], "
+                   f"p={d['p_value']:.3g}")
+  return "; ".join(parts) + f" vs {t['stage']}"
 
 
 if __name__ == "__main__":

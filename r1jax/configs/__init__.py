@@ -9,7 +9,9 @@ R1-Zero signature: accuracy and length rising together), grpo_tools (GRPO with a
 tool), reasoning_rl,
 all_scenario_rl, sft, cold_start_sft, distill, reward_model, rejection_sampling, eval,
 generate, pipeline, r1_small (the recipe on CHAMP cold-start data), r1_stage3 (R1-Zero,
-rejection sampling and the SFT of the base model on its samples).
+rejection sampling and the SFT of the base model on its samples), preference_pairs
+(on-policy pairs for the helpfulness reward model), r1_all_scenario (r1_stage3, then R1's
+stage 4 and stage 2 from the SFT'd base).
 """
 
 from __future__ import annotations

@@ -11,10 +11,15 @@ configs/r1_stage3.py, with a helpfulness reward model trained on on-policy prefe
      reward model on the summary after </think>)
   -> eval_all_scenario_rl (the 200 held-out reasoning problems, as eval_sft)
   -> eval_all_scenario_rl_general (as eval_sft_general)
+  -> reasoning_rl_after_sft (R1 stage 2 from the SFT'd base: the sft stage trained the base on
+     R1-Zero's verified, readable samples, which is R1's cold start (section 2.3.1: "R1-Zero
+     outputs in a readable format"); GRPO with accuracy + 0.1 language consistency, chat
+     template) -> eval_reasoning_rl_after_sft (as eval_sft)
 
   python -m r1jax.main --config=configs/r1_all_scenario.py
   python tools/recipe_report.py runs/r1_all_scenario \\
-      --pairs eval_all_scenario_rl:eval_sft,eval_all_scenario_rl_general:eval_sft_general
+      --pairs eval_all_scenario_rl:eval_sft,eval_all_scenario_rl_general:eval_sft_general,\
+eval_reasoning_rl_after_sft:eval_sft
 
 Where the preference pairs come from: the stage-3 model's own samples, labelled by a rule
 judge (finished, >= 6 words, no markup, on topic, no loops; on the summary) in place of human
@@ -38,7 +43,8 @@ def get_config() -> ConfigDict:
   c = r1_stage3.get_config()
   c.run_dir = "runs/r1_all_scenario"
   c.order += (",preference_pairs,reward_model,eval_sft_general,all_scenario_rl,"
-              "eval_all_scenario_rl,eval_all_scenario_rl_general")
+              "eval_all_scenario_rl,eval_all_scenario_rl_general,reasoning_rl_after_sft,"
+              "eval_reasoning_rl_after_sft")
   c.final_from = "all_scenario_rl"
   s = c.stages
   s.preference_pairs = stage("preference_pairs.py", model_from="sft", max_prompts=256,
@@ -62,4 +68,9 @@ def get_config() -> ConfigDict:
   s.eval_all_scenario_rl = stage("eval.py", model_from="all_scenario_rl",
                                  **r1_stage3.eval_settings("chat"))
   s.eval_all_scenario_rl_general = _general_eval("all_scenario_rl")
+  s.reasoning_rl_after_sft = stage(
+      "reasoning_rl.py", model_from="sft", steps=20, rl=dict(max_new_tokens=96),
+      eval=dict(every_steps=0, at_start=False), checkpoint=dict(every_steps=10))
+  s.eval_reasoning_rl_after_sft = stage("eval.py", model_from="reasoning_rl_after_sft",
+                                        **r1_stage3.eval_settings("chat"))
   return c
