@@ -185,6 +185,37 @@ def test_tiny_grpo_with_reward_models_runs_end_to_end(tmp_path, rm_dirs):
   ms = [json.loads(l) for l in open(os.path.join(c.run_dir, "metrics.jsonl"))]
   train = [m for m in ms if "loss" in m]
   assert [m["step"] for m in train] == [1, 2]
+  mixed_steps = 0
   for m in train:
     assert m["reward/helpfulness"] != 0 and m["reward/harmlessness"] != 0
+    if 0 < m.get("general_fraction", 0) < 1:
+      mixed_steps += 1
+      f = m["general_fraction"]  # the all-row mean averages zeros in on reasoning rows
+      assert m["reward/helpfulness"] == pytest.approx(f * m["reward_general/helpfulness"],
+                                                      rel=1e-4, abs=1e-6)
     assert np.isfinite(m["loss"]) and np.isfinite(m["reward"])
+  assert mixed_steps > 0
+
+
+def test_kind_breakdown_hand_computed():
+  """Per-kind step metrics of a mixed rollout: rule rewards over reasoning rows only, reward
+  models over general rows only (the all-row means dilute both)."""
+  from types import SimpleNamespace
+  from r1jax.rewards.pool import RewardResult
+  from r1jax.stages.grpo_rollout import kind_breakdown
+  G = 2
+  exs = [{"kind": "general"}, {"metadata": {}}, {"metadata": {"kind": "general"}}]
+  acc = np.array([0, 0, 1, 0, 0, 0], np.float32)
+  helpful = np.array([2.0, 4.0, 0, 0, -1.0, 1.0], np.float32)
+  res = RewardResult(acc + helpful, {"accuracy": acc, "helpfulness": helpful},
+                     np.zeros(6, bool), np.zeros(6, bool))
+  m = kind_breakdown(SimpleNamespace(examples=exs, rewards=res), G)
+  assert m["general_fraction"] == pytest.approx(4 / 6)
+  assert m["accuracy_reasoning"] == pytest.approx(0.5)
+  assert m["reward_reasoning/accuracy"] == pytest.approx(0.5)
+  assert m["reward_general/helpfulness"] == pytest.approx(1.5)
+  assert m["reward_general"] == pytest.approx(1.5) and m["reward_reasoning"] == pytest.approx(0.5)
+  # One kind only, or a global view without examples: nothing to split.
+  assert kind_breakdown(SimpleNamespace(examples=exs[1:2], rewards=RewardResult(
+      acc[:2], {"accuracy": acc[:2]}, np.zeros(2, bool), np.zeros(2, bool))), G) == {}
+  assert kind_breakdown(SimpleNamespace(examples=[], rewards=res), G) == {}

@@ -34,6 +34,8 @@ from r1jax.models import reward_model as rm_lib
 from r1jax.rewards.pool import RewardResult
 
 KINDS = ("reasoning", "general")
+# The per_function names of the reward-model scores (general prompts only).
+REWARD_MODEL_NAMES = ("helpfulness", "harmlessness")
 DEFAULT_SUMMARY_MARKERS = ("</think>",)
 
 

@@ -21,6 +21,7 @@ from r1jax import sampling
 from r1jax import sharding as shd
 from r1jax.losses import dynamic_sampling
 from r1jax.rewards import format_ok
+from r1jax.rewards.routing import REWARD_MODEL_NAMES, example_kind
 
 
 @dataclasses.dataclass
@@ -195,6 +196,31 @@ def length_breakdown(lengths, finished, accuracy=None, suffix: str = "") -> dict
   return out
 
 
+def kind_breakdown(ro: Rollout, G: int) -> dict[str, float]:
+  """Per-kind means of a rollout that mixes reasoning and general prompts (all-scenario RL):
+  the rule rewards and accuracy over the reasoning rows only, the reward-model scores over
+  the general rows only (the all-row means above average in the rows a reward does not
+  score, as zeros). Keys: general_fraction, reward_reasoning, reward_general,
+  accuracy_reasoning, reward_reasoning/<rule>, reward_general/<reward model>. Empty when the
+  rollout has one kind, or no examples (a multi-process global view)."""
+  n = ro.rewards.total.shape[0]
+  if not ro.examples or len(ro.examples) * G != n:
+    return {}
+  general = np.repeat([example_kind(ex) == "general" for ex in ro.examples], G)
+  if general.all() or not general.any():
+    return {}
+  res, out = ro.rewards, {"general_fraction": float(general.mean())}
+  out["reward_reasoning"] = float(res.total[~general].mean())
+  out["reward_general"] = float(res.total[general].mean())
+  if "accuracy" in res.per_function:
+    out["accuracy_reasoning"] = float(res.per_function["accuracy"][~general].mean())
+  for k, v in res.per_function.items():
+    rows = general if k in REWARD_MODEL_NAMES else ~general
+    out[f"reward_{'general' if k in REWARD_MODEL_NAMES else 'reasoning'}/{k}"] = \
+        float(np.asarray(v)[rows].mean())
+  return out
+
+
 def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
   """Metrics of a step from its (global) rollout and the update's metrics `m`."""
   lengths = ro.out.lengths.reshape(-1)
@@ -213,6 +239,7 @@ def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
                                   res.per_function.get("accuracy")))
   for k, v in res.per_function.items():
     metrics[f"reward/{k}"] = float(v.mean())
+  metrics.update(kind_breakdown(ro, G))
   metrics.update(ro.stats)
   for k, v in m.items():
     metrics[k] = float(v)

@@ -5,7 +5,8 @@
   plots.plot_run_dir("runs/r1zero")       # the end-of-run plot of the training loop
 
 Panels (each drawn only when one of its keys is logged): accuracy (train, eval greedy /
-sampled), mean response length (and max), reward components, format rate, tool calls, KL and clip
+sampled), mean response length (and max), reward components, reward by prompt kind
+(all-scenario RL), format rate, tool calls, KL and clip
 fraction, entropy, grad norm, learning rate, step time. `tools/plot_run.py` is the
 command-line wrapper.
 """
@@ -45,7 +46,7 @@ class Panel:
 
 PANELS = (
   Panel("accuracy", "Accuracy", "accuracy",
-        (("accuracy", "line"), ("eval/accuracy_greedy", "marker"),
+        (("accuracy", "line"), ("accuracy_reasoning", "line"), ("eval/accuracy_greedy", "marker"),
          ("eval/accuracy_sampled", "marker"), ("eval/accuracy*", "marker"))),
   Panel("response_len", "Mean response length", "tokens",
         (("response_len_mean", "line"), ("response_len_max", "light"),
@@ -53,6 +54,10 @@ PANELS = (
          ("eval/response_len_greedy", "marker"), ("eval/response_len_sampled", "marker"),
          ("eval/response_len*", "marker"))),
   Panel("reward", "Reward", "reward", (("reward", "line"), ("reward/*", "line"))),
+  # All-scenario RL: each reward over the prompts it scores (reasoning / general).
+  Panel("reward_by_kind", "Reward by prompt kind", "reward",
+        (("reward_reasoning", "line"), ("reward_general", "line"),
+         ("reward_general/*", "line"))),
   Panel("format_rate", "Format rate", "fraction well formatted",
         (("format_rate", "line"), ("eval/format_rate_greedy", "marker"),
          ("eval/format_rate*", "marker"))),
