@@ -147,6 +147,18 @@ def test_malformed_jsonl_names_the_line(tmp_path, bad, match):
     pd.read_preference_jsonl(str(tmp_path / "nope.jsonl"))
 
 
+def test_empty_rejected_is_scored_as_rl_scores_an_empty_summary(tmp_path, tok):
+  """An empty "rejected" (a policy's empty summary) is a valid pair, tokenised exactly as the
+  RL scorer encodes an empty response; an empty "chosen" is an error."""
+  p = tmp_path / "prefs.jsonl"
+  p.write_text('{"prompt": "Tell me about tea.", "chosen": "Tea is a drink.", "rejected": ""}\n')
+  data = pd.PreferenceData(dict(train_jsonl=str(p), eval_size=0, format="chat", seq_len=128),
+                           tok)
+  (pair,) = data.train
+  want, _ = pd.encode_scoring_input(tok, "Tell me about tea.", "", "chat")
+  assert np.array_equal(pair.rejected, want) and len(pair.rejected) < len(pair.chosen)
+
+
 def test_overlong_pairs_truncate_the_prompt_from_the_left_or_are_skipped(tmp_path, tok):
   p = tmp_path / "prefs.jsonl"
   long_prompt = " ".join(["word"] * 40)

@@ -2,8 +2,9 @@
 
 Records (one JSON object per line of a JSONL or JSONL.gz file):
   {"prompt": str, "chosen": str, "rejected": str}     plus optional "id" (str/int);
-other fields go into "metadata". `prompt` may be empty; `chosen` and `rejected` must be
-non-empty strings.
+other fields go into "metadata". `prompt` may be empty; `chosen` must be a non-empty string;
+`rejected` may be empty (a policy that answers nothing, e.g. an empty summary after
+</think>, gives a real response to rank low: the reward model must score it as RL will).
 
 A (prompt, response) pair becomes tokens exactly as SFT tokenises a one-turn conversation
 (r1jax.data.sft_data.tokenize_messages): "chat" = the tokenizer's chat template, "raw" = the
@@ -97,13 +98,14 @@ def parse_preference_record(rec: Any, *, default_id: str = "") -> dict:
   Returns:
     {"id": str, "prompt": str, "chosen": str, "rejected": str, "metadata": dict}.
   Raises:
-    ValueError: not an object, a missing field, a non-string or empty text, or a bad id.
+    ValueError: not an object, a missing field, a non-string text, an empty "chosen", or a
+      bad id.
   """
   if not isinstance(rec, dict):
     raise ValueError(f"expected a JSON object, got {type(rec).__name__}")
   prompt = _text(rec, "prompt", allow_empty=True)
   chosen = _text(rec, "chosen", allow_empty=False)
-  rejected = _text(rec, "rejected", allow_empty=False)
+  rejected = _text(rec, "rejected", allow_empty=True)
   ex_id = rec.get("id", default_id)
   if isinstance(ex_id, bool) or not isinstance(ex_id, (str, int)):
     raise ValueError(f'"id" must be a string or an integer, got {type(ex_id).__name__}')

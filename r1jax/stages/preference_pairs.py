@@ -134,7 +134,7 @@ def run(config) -> dict[str, Any]:
     scores.append(s)
     summaries = [judge_summary(t, jc.summary_marker) for t in row["completions"]]
     bw = best_worst_pair(summaries, s, jc.min_margin)
-    if bw is not None:
+    if bw is not None and summaries[bw[0]]:  # an empty "rejected" is fine, "chosen" not
       pairs.append({"id": row["id"], "prompt": row["prompt"], "chosen": summaries[bw[0]],
                     "rejected": summaries[bw[1]], "judge_chosen": s[bw[0]],
                     "judge_rejected": s[bw[1]]})
