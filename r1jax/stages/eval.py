@@ -213,6 +213,12 @@ def run(config) -> dict[str, Any]:
             acc[rea] = rewards.heldout_accuracy(
                 [t for b in rea for t in texts[b]],
                 [chunk[b] for b in rea for _ in range(n)]).reshape(-1, n)
+          gen = [b for b, g in enumerate(general) if g]
+          rm = None
+          if scorer is not None and gen:  # one batched call for the chunk's general samples
+            rm = scorer.score_texts([chunk[b]["question"] for b in gen for _ in range(n)],
+                                    [final_summary(t) for b in gen for t in texts[b]]
+                                    ).reshape(len(gen), n)
           for b, ex in enumerate(chunk):
             if general[b]:
               topic = str((ex.get("metadata") or {}).get("topic", ex.get("topic", "")))
@@ -221,9 +227,8 @@ def run(config) -> dict[str, Any]:
                    "lengths": out.lengths[b].tolist(), "finished": out.finished[b].tolist(),
                    "judge": [judge(t, topic, bool(f)) for t, f in
                              zip(texts[b], out.finished[b].tolist())]}
-              if scorer is not None:
-                r["rm_score"] = scorer.score_texts(
-                    [ex["question"]] * n, [final_summary(t) for t in texts[b]]).tolist()
+              if rm is not None:
+                r["rm_score"] = rm[gen.index(b)].tolist()
               rec_file.write(json.dumps(r) + "\n")
               done[(name, ex["id"])] = r
               continue
