@@ -179,10 +179,24 @@ def test_tiny_grpo_with_reward_models_runs_end_to_end(tmp_path, rm_dirs):
   c.rewards.harmlessness_rm = rm_dirs["harmless"]
   c.rewards.rm_batch_size = 8
   c.eval.at_start = False
-  c.data.eval_size = 0  # no held-out eval: it would only add sampler compiles
+  # The end-of-run held-out eval: 2 arithmetic problems (accuracy) and 3 general prompts
+  # (no answer: reward-model scores; accuracy on them would be an error).
+  heldout = tmp_path / "general_heldout.jsonl"
+  heldout.write_text("".join(json.dumps({"prompt": f"Describe colour {i}.", "kind": "general"})
+                             + "\n" for i in range(3)))
+  c.data.eval_jsonl = str(heldout)
+  c.data.eval_size = 2
+  c.eval.batch_size = 4
   c.checkpoint.every_steps = 0
   stage.run(c)
   ms = [json.loads(l) for l in open(os.path.join(c.run_dir, "metrics.jsonl"))]
+  (ev,) = [m for m in ms if "eval/num_general_examples" in m]
+  assert ev["eval/num_examples"] == 2 and ev["eval/num_general_examples"] == 3
+  assert 0 <= ev["eval/accuracy_greedy"] <= 1
+  for mode in ("greedy", "sampled"):
+    want = ev[f"eval/reward_general/helpfulness_{mode}"] + ev[f"eval/reward_general/harmlessness_{mode}"]
+    assert ev[f"eval/reward_general_{mode}"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert ev[f"eval/reward_general/helpfulness_{mode}"] != 0
   train = [m for m in ms if "loss" in m]
   assert [m["step"] for m in train] == [1, 2]
   mixed_steps = 0

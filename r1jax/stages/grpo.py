@@ -41,6 +41,7 @@ from r1jax.losses import offpolicy
 from r1jax.models import lora as lora_lib
 from r1jax.models.config import LoraConfig, ModelConfig
 from r1jax.rewards import RewardComputer, format_ok, registry
+from r1jax.rewards.routing import RoutedRewards, example_kind
 from r1jax.stages import grpo_async
 from r1jax.stages import grpo_rollout as ro_lib
 from r1jax.tokenizer import Tokenizer
@@ -260,13 +261,20 @@ def make_logprob_fn(cfg: ModelConfig, mesh, num_micro: int, *, temperature: floa
 def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardComputer,
              examples: list[dict], config, key, train_sp: sampling.SamplingParams,
              prefix: str = "") -> tuple[dict[str, float], list[dict]]:
-  """Held-out accuracy and format rate, greedy and sampled (one sample per prompt)."""
+  """Held-out accuracy and format rate, greedy and sampled (one sample per prompt).
+
+  General prompts (kind "general", all-scenario RL) have no answer: they are left out of
+  accuracy, format rate and lengths, and scored by the run's reward models instead
+  (reward_general_<mode>, reward_general/<name>_<mode>; none without reward models)."""
   metrics, samples = {}, []
+  general = [example_kind(ex) == "general" for ex in examples]
+  reasoning = [ex for ex, g in zip(examples, general) if not g]
+  gen_examples = [ex for ex, g in zip(examples, general) if g]
   for mode, temperature in (("greedy", 0.0), ("sampled", config.eval.temperature)):
     sp = dataclasses.replace(train_sp, temperature=temperature, top_p=1.0, top_k=0)
     acc, fmt, lens, fins, calls = [], [], [], [], []
-    for i in range(0, len(examples), config.eval.batch_size):
-      chunk = examples[i:i + config.eval.batch_size]
+    for i in range(0, len(reasoning), config.eval.batch_size):
+      chunk = reasoning[i:i + config.eval.batch_size]
       out = sampler(params, [ex["prompt_ids"] for ex in chunk], jax.random.fold_in(key, i),
                     num_samples=1, sampling=sp)
       texts = [row[0] for row in sampling.decode_completions(tok, out, sp, prefix)]
@@ -279,13 +287,28 @@ def evaluate(params, sampler: sampling.Sampler, tok: Tokenizer, rewards: RewardC
         samples = [{"split": "eval", "question": ex["question"], "answer": ex["answer"],
                     "completion": t, "accuracy": float(a)}
                    for ex, t, a in zip(chunk[:config.log.num_samples], texts, acc)]
-    metrics[f"accuracy_{mode}"] = float(np.mean(acc))
-    metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
-    metrics[f"response_len_{mode}"] = float(np.mean(lens))
-    metrics.update(ro_lib.length_breakdown(lens, fins, acc, suffix=f"_{mode}"))
-    if hasattr(sampler, "settings"):  # tool rollouts
-      metrics.update(tools_lib.eval_metrics(calls, acc, mode))
-  metrics["num_examples"] = len(examples)
+    if reasoning:
+      metrics[f"accuracy_{mode}"] = float(np.mean(acc))
+      metrics[f"format_rate_{mode}"] = float(np.mean(fmt))
+      metrics[f"response_len_{mode}"] = float(np.mean(lens))
+      metrics.update(ro_lib.length_breakdown(lens, fins, acc, suffix=f"_{mode}"))
+      if hasattr(sampler, "settings"):  # tool rollouts
+        metrics.update(tools_lib.eval_metrics(calls, acc, mode))
+    if gen_examples and isinstance(rewards, RoutedRewards):
+      totals, per = [], {}
+      for i in range(0, len(gen_examples), config.eval.batch_size):
+        chunk = gen_examples[i:i + config.eval.batch_size]
+        out = sampler(params, [ex["prompt_ids"] for ex in chunk],
+                      jax.random.fold_in(key, 10**6 + i), num_samples=1, sampling=sp)
+        texts = [row[0] for row in sampling.decode_completions(tok, out, sp, prefix)]
+        res = rewards(texts, chunk)
+        totals.extend(res.total.tolist())
+        for name in rewards.scorers:
+          per.setdefault(name, []).extend(res.per_function[name].tolist())
+      metrics[f"reward_general_{mode}"] = float(np.mean(totals))
+      metrics.update({f"reward_general/{k}_{mode}": float(np.mean(v)) for k, v in per.items()})
+  metrics["num_examples"] = len(reasoning)
+  metrics["num_general_examples"] = len(gen_examples)
   return metrics, samples
 
 
