@@ -132,6 +132,8 @@ def test_recipe_report_general_evaluations(tmp_path):
   (t,) = out["paired_tests"]
   assert t["rm"]["diff"] == 2.0 and t["baseline"] == "eval_sft_general"
   assert "| eval_asr_general | 4 s | 6 x 2 | 1.50 [" in r.stdout
+  assert "| eval_asr_general | eval_sft_general | RM +2.00 [" in r.stdout
+  assert "vs eval_asr_general" not in r.stdout
   bad = subprocess.run([sys.executable, tool, str(run), "--pairs", "eval_asr_general:eval_sft"],
                        capture_output=True, text=True, timeout=120)
   assert bad.returncode == 1 and "general prompts" in bad.stderr

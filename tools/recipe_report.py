@@ -228,7 +228,8 @@ def main():
     print("|---|---|---|---|---|")
     for t in tests:
       if "judge" in t:
-        print(f"| {t['stage']} | {t['baseline']} | {_general_diff(t)} | | {t['problems']} |")
+        print(f"| {t['stage']} | {t['baseline']} | {_general_diff(t, against=False)} | | "
+              f"{t['problems']} |")
         continue
       print(f"| {t['stage']} | {t['baseline']} | pass@1 {100 * t['diff']:+.1f} pp "
             f"[{100 * t['diff_low']:+.1f}, {100 * t['diff_high']:+.1f}] | "
@@ -236,14 +237,14 @@ def main():
   print(json.dumps({"run_dir": a.run_dir, "stages": rows, "paired_tests": tests}))
 
 
-def _general_diff(t):
+def _general_diff(t, against=True):
   parts = []
   for key, name in (("rm", "RM"), ("judge", "judge")):
     if t.get(key):
       d = t[key]
       parts.append(f"{name} {d['diff']:+.2f} [{d['diff_low']:+.2f}, {d['diff_high']:+.2f}], "
                    f"p={d['p_value']:.3g}")
-  return "; ".join(parts) + f" vs {t['stage']}"
+  return "; ".join(parts) + (f" vs {t['stage']}" if against else "")
 
 
 if __name__ == "__main__":
