@@ -49,7 +49,7 @@ def get_config() -> ConfigDict:
   s = c.stages
   s.preference_pairs = stage("preference_pairs.py", model_from="sft", max_prompts=256,
                              num_samples=4, sampling=dict(max_new_tokens=96))
-  # Initialised from the policy it will judge (as InstructGPT / R1 reward models are).
+  # Initialised from the policy it will judge (as InstructGPT's reward models are).
   s.reward_model = stage(
       "reward_model.py", model_from="sft", data_from="preference_pairs",
       model_output="reward_model", steps=0, num_epochs=1.0,
