@@ -94,3 +94,27 @@ def test_paired_test_monte_carlo_detects_a_shift_and_not_noise():
   assert paired_test(noise, before)["p_value"] > 0.01  # two draws of one policy
   with pytest.raises(ValueError):
     paired_test([1.0, 0.0], [1.0])
+
+
+def test_length_gap_hand_computed_and_advantage_weighted_length():
+  from r1jax.eval import length_gap
+  from r1jax.losses.grpo import group_advantages
+  lens = np.array([[10, 20, 30, 40],    # right: 30, 40 (35) vs wrong: 10, 20 (15) -> +20
+                   [50, 10, 10, 10],    # right: 10, 10, 10 vs wrong 50 -> -40
+                   [5, 6, 7, 8],        # all right: not mixed
+                   [9, 9, 9, 9]])       # all wrong: not mixed
+  ok = np.array([[0, 0, 1, 1], [0, 1, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+  got = length_gap(lens, ok)
+  assert got["mixed_frac"] == 0.5
+  assert got["len_gap"] == pytest.approx(-10.0)
+  # Interval over the two mixed groups: mean -10, sample std of (20, -40) = 42.43, n = 2.
+  half = 1.959964 * np.std([20.0, -40.0], ddof=1) / np.sqrt(2)
+  assert got["len_gap_ci95"] == pytest.approx([-10 - half, -10 + half], rel=1e-5)
+  # The same gap from GRPO's centred advantages: sum_i (r_i - p) len_i / (n p (1 - p)).
+  a = group_advantages(ok[:2].astype(float), scaling="none")
+  p = ok[:2].mean(1)
+  ref = (a * lens[:2]).sum(1) / (4 * p * (1 - p))
+  assert ref.mean() == pytest.approx(got["len_gap"])
+  assert length_gap(lens[2:], ok[2:]) == {"mixed_frac": 0.0}
+  with pytest.raises(ValueError, match=r"\[P, n\]"):
+    length_gap(lens, ok[:, :2])

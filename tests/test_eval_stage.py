@@ -52,6 +52,8 @@ def test_summarize_hand_computed():
   assert s["response_len_mean"] == pytest.approx(24 / 8)
   assert s["format_rate"] == pytest.approx(5 / 8)
   assert s["truncation_rate"] == pytest.approx(1 / 8)
+  # Within-problem gaps: 2 - mean(4, 6, 8) = -4; 1 - 1 = 0.
+  assert s["mixed_frac"] == 1.0 and s["len_gap"] == pytest.approx(-2.0)
 
 
 def test_eval_report_and_resume_after_interruption(tmp_path, tiny_model_dir):

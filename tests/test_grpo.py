@@ -396,3 +396,19 @@ def test_length_breakdown_separates_finished_and_correct_responses():
                                   np.zeros(2), suffix="_greedy")
   assert got == {}  # nothing finished, nothing correct: no key (not a misleading 0)
   assert rollouts.length_breakdown([5, 7], [True, True]) == {"response_len_finished": 6.0}
+
+
+def test_step_metrics_length_gap_within_groups():
+  """Hand-computed: groups of 2; group 0 right 30 vs wrong 10 (+20), group 1 all wrong, group
+  2 right 4 vs wrong 12 (-8): response_len_gap = +6 over the 2 mixed groups of 3."""
+  from types import SimpleNamespace
+  from r1jax.rewards.pool import RewardResult
+  acc = np.array([0, 1, 0, 0, 1, 0], np.float32)
+  res = RewardResult(acc, {"accuracy": acc}, np.zeros(6, bool), np.zeros(6, bool))
+  out = SimpleNamespace(lengths=np.array([[10, 30], [7, 9], [4, 12]]),
+                        finished=np.ones((3, 2), bool))
+  ro = SimpleNamespace(out=out, rewards=res, texts=None, format_flags=[True] * 6,
+                       examples=[{}] * 3, stats={})
+  m = rollouts.step_metrics(ro, {}, 2, 1e-5)
+  assert m["response_len_gap"] == pytest.approx(6.0)
+  assert m["mixed_group_frac"] == pytest.approx(2 / 3)

@@ -173,3 +173,46 @@ def paired_test(after, before, level: float = 0.95, num_flips: int = 20000,
     p = float((1 + np.sum(np.abs(signs @ d / d.size) >= obs)) / (1 + num_flips))
   return {"problems": int(d.size), "diff": mean, "diff_low": low, "diff_high": high,
           "p_value": p}
+
+
+def length_gap(lengths, correct, level: float = 0.95) -> dict:
+  """Within-group length gap: how much longer a problem's correct samples are than its wrong
+  ones, the length signal GRPO's group-relative advantage acts on.
+
+  GRPO compares the samples of one prompt with each other ([DeepSeekMath] eq. 3; [R1]
+  eq. 1-3), so response length grows under it only when, within a group, the right samples
+  are the longer ones: R1-Zero's signature ([R1] §2.2.4, figure 3) needs a positive gap at
+  the start. The gap over all samples pooled mixes in problem difficulty (hard problems get
+  long, wrong answers), hence the per-group difference here. For a binary reward r with
+  group mean p, a group's gap is sum_i (r_i - p) len_i / (n p (1 - p)): the advantage-weighted
+  length, so it has the sign of the policy gradient's first-order push on length.
+
+  Args:
+    lengths: [P, n] completion lengths in tokens (n samples of each of P problems).
+    correct: [P, n] correctness in {0, 1} (accuracy reward >= 1).
+    level: confidence level of the interval, in (0, 1).
+
+  Returns:
+    {"len_gap": mean over mixed groups (some right, some wrong) of mean length of the right
+     minus mean length of the wrong samples (tokens), "len_gap_ci95": [low, high] over those
+     groups, "mixed_frac": fraction of groups that are mixed}; len_gap and len_gap_ci95 are
+    left out when no group is mixed.
+
+  Raises:
+    ValueError: shapes that differ or are not 2-D.
+
+  [DeepSeekMath]: Shao et al., arXiv:2402.03300, 2024. [R1]: DeepSeek-AI, arXiv:2501.12948.
+  """
+  lens = np.asarray(lengths, np.float64)
+  ok = np.asarray(correct, np.float64) >= 1.0
+  if lens.ndim != 2 or lens.shape != ok.shape:
+    raise ValueError(f"length_gap needs two [P, n] arrays, got {lens.shape} and {ok.shape}")
+  k = ok.sum(axis=1)
+  mixed = (k > 0) & (k < ok.shape[1])
+  out = {"mixed_frac": float(mixed.mean()) if mixed.size else 0.0}
+  if mixed.any():
+    l, o = lens[mixed], ok[mixed]
+    gaps = (l * o).sum(1) / o.sum(1) - (l * ~o).sum(1) / (~o).sum(1)
+    mean, low, high = mean_interval(gaps, level)
+    out.update(len_gap=mean, len_gap_ci95=[low, high])
+  return out

@@ -32,7 +32,7 @@ from r1jax.data.pipeline import split_list
 from r1jax.data.sources import jsonl_examples
 from r1jax.curation.preference_judge import CRITERIA, judge
 from r1jax.data.templates import render_prompt, response_prefix
-from r1jax.eval.metrics import majority_vote, mean_interval, pass_at_k
+from r1jax.eval.metrics import length_gap, majority_vote, mean_interval, pass_at_k
 from r1jax.rewards import RewardComputer, format_ok
 from r1jax.rewards.parsing import extract_answer
 from r1jax.rewards.routing import example_kind, final_summary
@@ -101,6 +101,8 @@ def summarize(records: list[dict], ks: list[int]) -> dict[str, Any]:
       out[f"pass@{k}"] = float(pass_at_k(np.full(P, n), c, k).mean())
   out[f"cons@{n}"] = float(np.mean([r["cons_correct"] for r in records]))
   out["response_len_mean"] = float(np.mean([r["lengths"] for r in records]))
+  # Within a problem's samples, how much longer the right ones are (GRPO's length signal).
+  out.update(length_gap([r["lengths"] for r in records], correct))
   out["format_rate"] = float(np.mean([r["format_ok"] for r in records]))
   out["truncation_rate"] = float(1 - np.mean([r["finished"] for r in records]))
   return out
@@ -112,7 +114,7 @@ def _markdown(report: dict) -> str:
           if any(k in r for r in rows.values())]
   extra = sorted({k for r in rows.values() for k in r if k.startswith(("pass@", "cons@"))}
                  - set(keys), key=lambda k: (k.split("@")[0], int(k.split("@")[1])))
-  keys += extra + ["response_len_mean", "format_rate", "truncation_rate"]
+  keys += extra + ["response_len_mean", "len_gap", "format_rate", "truncation_rate"]
   keys = [k for k in keys if any(k in r for r in rows.values())]
   fmt = lambda k, v: (f"{100 * v:.1f} %" if k.startswith(("pass", "cons", "format", "trunc"))
                       else f"{v:.2f}" if k.startswith(("rm_", "judge_"))
@@ -126,7 +128,8 @@ def _markdown(report: dict) -> str:
   for name, r in list(rows.items()) + [("overall", report["overall"])]:
     cell = lambda k: "" if k not in r else fmt(k, r[k]) + (
         f" [{100 * r['pass1_ci95'][0]:.1f}, {100 * r['pass1_ci95'][1]:.1f}]"
-        if k == "pass@1" and "pass1_ci95" in r else "")
+        if k == "pass@1" and "pass1_ci95" in r else
+        f" [{r['len_gap_ci95'][0]:.1f}, {r['len_gap_ci95'][1]:.1f}]" if k == "len_gap" else "")
     lines.append(f"| {name} | " + " | ".join(cell(k) for k in keys) + " |")
   return "\n".join(lines) + "\n"
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from r1jax import sampling
 from r1jax import sharding as shd
+from r1jax.eval.metrics import length_gap
 from r1jax.losses import dynamic_sampling
 from r1jax.rewards import format_ok
 from r1jax.rewards.routing import REWARD_MODEL_NAMES, example_kind
@@ -235,8 +236,14 @@ def step_metrics(ro: Rollout, m: dict, G: int, lr) -> dict[str, float]:
              "truncation_rate": float(1.0 - ro.out.finished.mean()),
              "reward_timeouts": int(res.timed_out.sum()), "reward_errors": int(res.errors.sum()),
              "lr": float(lr)}
-  metrics.update(length_breakdown(lengths, ro.out.finished.reshape(-1),
-                                  res.per_function.get("accuracy")))
+  acc = res.per_function.get("accuracy")
+  metrics.update(length_breakdown(lengths, ro.out.finished.reshape(-1), acc))
+  if acc is not None:
+    # The length signal of the advantage: right minus wrong, within groups (tokens).
+    gap = length_gap(lengths.reshape(-1, G), np.asarray(acc).reshape(-1, G))
+    metrics["mixed_group_frac"] = gap["mixed_frac"]
+    if "len_gap" in gap:
+      metrics["response_len_gap"] = gap["len_gap"]
   for k, v in res.per_function.items():
     metrics[f"reward/{k}"] = float(v.mean())
   metrics.update(kind_breakdown(ro, G))

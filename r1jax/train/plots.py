@@ -52,7 +52,8 @@ PANELS = (
         (("response_len_mean", "line"), ("response_len_max", "light"),
          ("response_len_finished", "line"), ("response_len_correct", "line"),
          ("eval/response_len_greedy", "marker"), ("eval/response_len_sampled", "marker"),
-         ("eval/response_len*", "marker"))),
+         ("eval/response_len*", "marker"), ("response_len_gap", "right")),
+        ylabel_right="right - wrong in a group (tokens)"),
   Panel("reward", "Reward", "reward", (("reward", "line"), ("reward/*", "line"))),
   # All-scenario RL: each reward over the prompts it scores (reasoning / general).
   Panel("reward_by_kind", "Reward by prompt kind", "reward",
