@@ -166,6 +166,7 @@ def test_all_scenario_recipe_config_wiring(tmp_path):
   # Stage 2 (reasoning RL, language reward) from the SFT'd base, evaluated as eval_sft.
   rl = pipeline.stage_config(c, "reasoning_rl_after_sft", outs)
   assert rl.model == "/x/sft/hf" and "language" in rl.rewards.spec and rl.data.template == "chat"
+  assert rl.rl.dynamic_sampling  # a sharp cold start: most groups are uniform without it
   e = pipeline.stage_config(c, "eval_reasoning_rl_after_sft",
                             dict(outs, reasoning_rl_after_sft={"model": "/m"}))
   assert e.model == "/m" and e.sampling == b.sampling and e.datasets == b.datasets

@@ -14,7 +14,7 @@ configs/r1_stage3.py, with a helpfulness reward model trained on on-policy prefe
   -> reasoning_rl_after_sft (R1 stage 2 from the SFT'd base: the sft stage trained the base on
      R1-Zero's verified, readable samples, which is R1's cold start (section 2.3.1: "R1-Zero
      outputs in a readable format"); GRPO with accuracy + 0.1 language consistency, chat
-     template) -> eval_reasoning_rl_after_sft (as eval_sft)
+     template, dynamic sampling) -> eval_reasoning_rl_after_sft (as eval_sft)
 
   python -m r1jax.main --config=configs/r1_all_scenario.py
   python tools/recipe_report.py runs/r1_all_scenario \\
@@ -69,8 +69,8 @@ def get_config() -> ConfigDict:
                                  **r1_stage3.eval_settings("chat"))
   s.eval_all_scenario_rl_general = _general_eval("all_scenario_rl")
   s.reasoning_rl_after_sft = stage(
-      "reasoning_rl.py", model_from="sft", steps=20, rl=dict(max_new_tokens=96),
-      eval=dict(every_steps=0, at_start=False), checkpoint=dict(every_steps=10))
+      "reasoning_rl.py", model_from="sft", steps=24, rl=dict(max_new_tokens=96),
+      eval=dict(every_steps=0, at_start=False), checkpoint=dict(every_steps=8))
   s.eval_reasoning_rl_after_sft = stage("eval.py", model_from="reasoning_rl_after_sft",
                                         **r1_stage3.eval_settings("chat"))
   return c
