@@ -5,6 +5,10 @@
 PY ?= python
 CONFIG ?= configs/grpo.py
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): compilation is mostly single-threaded, so 2 workers use a
+# 2-core machine better than one. Tests that start sandboxes share one worker (loadgroup).
+PYTEST_JOBS ?= 2
+XDIST = -n $(PYTEST_JOBS) --dist loadgroup
 
 .PHONY: install install-test install-reference run test test-slow test-reference ci
 
@@ -27,13 +31,13 @@ run: install
 	$(PY) -m r1jax.main --config=$(CONFIG)
 
 test: install-test
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 test-slow: install-test
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-reference: install-reference
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" $(XDIST) $(PYTEST_ARGS)
 
 ci:
 	bash .ci/run

@@ -43,7 +43,7 @@ setup(
         # committed files under tests/data (regenerate with tools/reference_logits.py,
         # tools/reference_loading.py and tools/qwen3_lora_reference.py, which need the
         # `reference` extra).
-        "test": ["pytest>=8", "py3langid>=0.4"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "py3langid>=0.4"],
         # Live comparisons with transformers / peft (tests skip them when absent) and the
         # tools that regenerate tests/data. Install a CPU torch first where the registry's
         # default build is the CUDA one.

@@ -23,6 +23,10 @@ from r1jax.rewards import RewardComputer, isolation, sandbox
 from r1jax.rewards import code as code_lib
 from r1jax.data.sources import jsonl_examples
 
+# Tests that start sandboxes check for leftover sandbox processes machine-wide: with
+# pytest-xdist they share one worker (--dist loadgroup), so no two run at once.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "code_problems.jsonl")
 FAST = {"timeout_s": 0.8, "total_timeout_s": 1.6}
 # Limits for programs that must pass: generous, so a loaded machine cannot fail them.

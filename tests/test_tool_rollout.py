@@ -19,6 +19,10 @@ from r1jax.stages import grpo as stage
 from r1jax.stages import grpo_rollout as rollouts
 from r1jax.tool_rollout import ToolSampler, ToolSettings, tool_metrics
 
+# Tests that start sandboxes share one pytest-xdist worker (--dist loadgroup): those of
+# test_code_reward check for leftover sandbox processes machine-wide.
+pytestmark = pytest.mark.xdist_group("sandbox")
+
 CFG = tiny_config()
 D = CFG.hidden_size
 
