@@ -34,9 +34,10 @@ def get_config() -> ConfigDict:
       data=dict(train_jsonl="runs/r1_small/cold_start.jsonl",
                 seq_len=512, eval_size=8))
   s.eval_cold_start_sft = stage("eval.py", model_from="cold_start_sft", **EVAL)
+  # Without dynamic sampling (the default of reasoning_rl.py since), as docs/r1_small.md ran.
   s.reasoning_rl = stage("reasoning_rl.py", model_from="cold_start_sft", steps=8,
                          data=dict(eval_size=32), eval=dict(at_start=False, every_steps=0),
-                         checkpoint=dict(every_steps=4))
+                         checkpoint=dict(every_steps=4), rl=dict(dynamic_sampling=False))
   s.eval_reasoning_rl = stage("eval.py", model_from="reasoning_rl", **EVAL)
   s.rejection_sampling = stage(
       "rejection_sampling.py", model_from="reasoning_rl", data_output="train.jsonl",
