@@ -233,3 +233,12 @@ def test_kind_breakdown_hand_computed():
   assert kind_breakdown(SimpleNamespace(examples=exs[1:2], rewards=RewardResult(
       acc[:2], {"accuracy": acc[:2]}, np.zeros(2, bool), np.zeros(2, bool))), G) == {}
   assert kind_breakdown(SimpleNamespace(examples=[], rewards=res), G) == {}
+  # A multi-process global view carries no examples but the gathered kinds.
+  from r1jax.stages.grpo_rollout import Rollout, global_view
+  from r1jax.sampling import SampleOutput
+  out = SampleOutput(np.zeros((3, G, 1), np.int32), np.ones((3, G), np.int32), None,
+                     np.ones((3, G), bool), 1)
+  ro = Rollout(exs, None, None, out, ["x"] * 6, res, 0.0, 0.0)
+  gv = global_view(ro)
+  assert gv.examples == [] and gv.general_flags.tolist() == [1, 1, 0, 0, 1, 1]
+  assert kind_breakdown(gv, G) == m

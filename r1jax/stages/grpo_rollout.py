@@ -30,7 +30,8 @@ class Rollout:
   """One step's samples: `examples` (B dicts), prompt ids [B, P] and lengths [B], the
   sampler output (tokens [B, G, N] ...), texts [B * G] (response prefix + completion), the
   RewardResult of the B * G texts, and the seconds spent sampling and scoring.
-  `format_flags` [B * G] is set on a global view (whose texts are not gathered).
+  `format_flags` [B * G] and `general_flags` [B * G] (the sample's prompt is of kind
+  "general") are set on a global view (whose texts and examples are not gathered).
   `rounds`: rollout rounds drawn from the data (1 + dynamic-sampling refills);
   `selection`: [B, 2] int (round, row of that round's prompts) of each kept group (None =
   round 0's rows in order); `stats`: dynamic-sampling metrics (same on every process)."""
@@ -46,6 +47,7 @@ class Rollout:
   rounds: int = 1
   selection: Any = None
   stats: dict = dataclasses.field(default_factory=dict)
+  general_flags: Any = None
 
 
 def build_batch(prompt_ids: np.ndarray, prompt_lengths: np.ndarray, out: sampling.SampleOutput,
@@ -141,8 +143,11 @@ def global_view(ro: Rollout) -> Rollout:
   out = sampling.SampleOutput(None, g(ro.out.lengths), None, g(ro.out.finished),
                               ro.out.num_steps)
   fmt = g(np.asarray([format_ok(t) for t in ro.texts], bool))
+  G = len(ro.texts) // max(len(ro.examples), 1)
+  general = g(np.repeat(np.asarray([example_kind(ex) == "general" for ex in ro.examples],
+                                   bool), G))
   return Rollout([], None, None, out, None, rewards, ro.seconds_rollout, ro.seconds_reward, fmt,
-                 ro.rounds, None, ro.stats)
+                 ro.rounds, None, ro.stats, general)
 
 
 def informative_groups(ro: Rollout, G: int) -> list[tuple[int, int]]:
@@ -202,12 +207,17 @@ def kind_breakdown(ro: Rollout, G: int) -> dict[str, float]:
   the rule rewards and accuracy over the reasoning rows only, the reward-model scores over
   the general rows only (the all-row means above average in the rows a reward does not
   score, as zeros). Keys: general_fraction, reward_reasoning, reward_general,
-  accuracy_reasoning, reward_reasoning/<rule>, reward_general/<reward model>. Empty when the
-  rollout has one kind, or no examples (a multi-process global view)."""
+  accuracy_reasoning, reward_reasoning/<rule>, reward_general/<reward model>. Kinds come from
+  the examples, or from `general_flags` on a global view. Empty when the rollout has one
+  kind, or neither."""
   n = ro.rewards.total.shape[0]
-  if not ro.examples or len(ro.examples) * G != n:
+  flags = getattr(ro, "general_flags", None)
+  if flags is not None and len(flags) == n:
+    general = np.asarray(flags, bool)
+  elif ro.examples and len(ro.examples) * G == n:
+    general = np.repeat([example_kind(ex) == "general" for ex in ro.examples], G)
+  else:
     return {}
-  general = np.repeat([example_kind(ex) == "general" for ex in ro.examples], G)
   if general.all() or not general.any():
     return {}
   res, out = ro.rewards, {"general_fraction": float(general.mean())}
