@@ -139,6 +139,9 @@ def _check_kill_resume_skip(tmp_path, monkeypatch, order, final_from, victim, ba
                            **{s: "ran" for s in stages[i:]}}
   ms = [json.loads(l) for l in open(os.path.join(victim_dir, "metrics.jsonl"))]
   assert [m["step"] for m in ms if "loss" in m] == [1, 2]
+  # DONE times the last attempt only, and says there were two.
+  assert pipeline.read_done(victim_dir)["attempts"] == 2
+  assert pipeline.read_done(os.path.join(c.run_dir, stages[-1]))["attempts"] == 1
   final = out["final_hf"]
   assert final == os.path.join(c.run_dir, "final_hf")
   cfg, params = models.from_pretrained(final)

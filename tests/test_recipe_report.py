@@ -10,10 +10,13 @@ import numpy as np
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _stage(run, name, kind, finished, wall, records=None, summary=None):
+def _stage(run, name, kind, finished, wall, records=None, summary=None, attempts=None):
   d = run / name
   d.mkdir(parents=True)
-  (d / "DONE").write_text(json.dumps({"kind": kind, "finished_at": finished, "wall_s": wall}))
+  done = {"kind": kind, "finished_at": finished, "wall_s": wall}
+  if attempts is not None:
+    done["attempts"] = attempts
+  (d / "DONE").write_text(json.dumps(done))
   if records is not None:
     with open(d / "records.jsonl", "w") as f:
       for r in records:
@@ -32,7 +35,7 @@ def test_recipe_report_table_and_paired_test(tmp_path):
   run = tmp_path / "run"
   before = [[0, 0, 0, 1], [0, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]] * 5  # 20 problems
   after = [[1, 1, 0, 1], [0, 1, 0, 0], [1, 1, 1, 0], [0, 1, 0, 0]] * 5
-  _stage(run, "cold_start", "sft", "2026-01-01T00:00:01", 60.0)
+  _stage(run, "cold_start", "sft", "2026-01-01T00:00:01", 60.0, attempts=3)
   _stage(run, "eval_cold_start", "eval", "2026-01-01T00:00:02", 30.0, _records(before))
   _stage(run, "rejection", "rejection_sampling", "2026-01-01T00:00:03", 90.0,
          summary={"records": {"reasoning": 321, "non_reasoning": 5}})
@@ -54,6 +57,8 @@ def test_recipe_report_table_and_paired_test(tmp_path):
   assert vs["stage"] == "eval_cold_start" and abs(vs["diff"] - 0.3125) < 1e-12
   assert vs["p_value"] < 1e-3  # every problem's difference is >= 0, most > 0
   assert "| eval_rl | eval | 30 s | 50.0 [" in r.stdout and "p=" in r.stdout
+  assert "| cold_start | sft | 60 s (last of 3 attempts) |" in r.stdout
+  assert rows["cold_start"]["attempts"] == 3 and rows["eval_rl"]["attempts"] == 1
 
 
 def test_recipe_report_chosen_pairs_and_finished_length(tmp_path):

@@ -43,6 +43,12 @@ def _stage_dirs(run_dir):
   return sorted(out, key=lambda x: x[1].get("finished_at", ""))
 
 
+def _wall(row) -> str:
+  """A stage's wall time; a resumed stage's DONE times only its last attempt."""
+  n = row.get("attempts", 1)
+  return f"{row['wall_s']:.0f} s" + (f" (last of {n} attempts)" if n > 1 else "")
+
+
 def _eval_figures(stage_dir, language):
   """Figures of an evaluation stage from its records.jsonl, and per-problem pass@1 by
   (dataset, id) for the paired tests (None when the stage has no records)."""
@@ -153,7 +159,7 @@ def main():
   for name, done in _stage_dirs(a.run_dir):
     stage_dir = os.path.join(a.run_dir, name)
     row = {"stage": name, "kind": done.get("kind"), "wall_s": round(done.get("wall_s", 0), 1),
-           "samples_kept": _kept(stage_dir)}
+           "attempts": done.get("attempts", 1), "samples_kept": _kept(stage_dir)}
     figures, per_problem = _eval_figures(stage_dir, a.language)
     if figures is not None:
       row.update(figures)
@@ -199,7 +205,7 @@ def main():
     if r.get("response_len_finished") is not None:
       length += f" ({r['response_len_finished']:.1f})"
     kept = "-" if r.get("samples_kept") is None else str(r["samples_kept"])
-    print(f"| {r['stage']} | {r['kind']} | {r['wall_s']:.0f} s | {p1} | "
+    print(f"| {r['stage']} | {r['kind']} | {_wall(r)} | {p1} | "
           f"{pct(r.get('cons_at_n'))} | {vs} | {pct(r.get('format_rate'))} | "
           f"{pct(r.get('r1_format_rate'))} | {length} | "
           f"{pct(r.get('language_consistency'))} | {kept} |")
@@ -217,7 +223,7 @@ def main():
       vs = "-" if vs is None else _general_diff(vs)
       length = f"{r['response_len']:.1f}" + (
           f" ({r['response_len_finished']:.1f})" if r.get("response_len_finished") else "")
-      print(f"| {r['stage']} | {r['wall_s']:.0f} s | {r['prompts']} x "
+      print(f"| {r['stage']} | {_wall(r)} | {r['prompts']} x "
             f"{r['samples_per_problem']} | {ci(r, 'rm_score')} | {ci(r, 'judge_score')} | {vs} | "
             + " | ".join(pct(r[f"judge_{c}"]) for c in ("finished", "words", "clean",
                                                         "on_topic", "fluent"))

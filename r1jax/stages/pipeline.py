@@ -14,7 +14,8 @@ from `teacher_from`, and `resume=auto`, so a stage killed mid-way continues from
 checkpoint.
 
 A stage that finishes gets an atomically written `run_dir/<name>/DONE` (JSON: its outputs,
-config, wall time); a stage with a DONE marker is skipped. A stage that returns without its
+config, wall time of its last attempt, number of attempts); a stage with a DONE marker is
+skipped. A stage that returns without its
 outputs (it stopped on SIGTERM after saving a checkpoint) stops the pipeline with
 `StageInterrupted`; re-running the same command resumes it. Stages run in this process,
 one after another, through the `r1jax.stages.STAGES` registry; a stage not in the registry
@@ -41,6 +42,7 @@ from typing import Any, Optional
 from absl import logging
 
 DONE = "DONE"
+ATTEMPTS = "ATTEMPTS"  # how many times the stage was started (a resumed stage: > 1)
 FINAL_HF = "final_hf"
 HF_DIR = "hf"
 
@@ -298,6 +300,16 @@ def run(config) -> dict[str, Any]:
                        f"r1jax does not provide yet (known stages: {sorted(registry.STAGES)}); "
                        f"disable it with --config.stages.{name}.enabled=False or finish it first")
     logging.info("pipeline: stage %d %s (%s, %s) -> %s", i + 1, name, kind, s.config, stage_dir)
+    # Attempts so far: DONE's wall_s times only the last one (a resumed stage's earlier
+    # attempts may have been killed), so the marker says how many there were.
+    os.makedirs(stage_dir, exist_ok=True)
+    attempts_path = os.path.join(stage_dir, ATTEMPTS)
+    try:
+      with open(attempts_path) as f:
+        attempts = int(f.read().strip() or 0) + 1
+    except (OSError, ValueError):
+      attempts = 1
+    _write_atomic(attempts_path, str(attempts))
     t0 = time.perf_counter()
     result = importlib.import_module(registry.STAGES[kind]).run(c)
     out = _outputs(kind, c, s, result, config.export_dtype)
@@ -308,6 +320,7 @@ def run(config) -> dict[str, Any]:
     _write_atomic(os.path.join(stage_dir, DONE), json.dumps(
         {"stage": name, "kind": kind, "config_file": s.config, "outputs": out,
          "fingerprint": _fingerprint(c), "wall_s": time.perf_counter() - t0,
+         "attempts": attempts,
          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2))
     outputs[name] = out
     status[name] = "ran"
